@@ -1,0 +1,1 @@
+"""Random-field and SSL view augmentations."""

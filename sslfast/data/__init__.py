@@ -1,0 +1,1 @@
+"""SSL data loading (DALI GPU/CPU pipelines and a torchvision fallback)."""

@@ -1,0 +1,1 @@
+"""Every loss of sslfast.losses as a plain function."""

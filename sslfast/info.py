@@ -1,0 +1,44 @@
+"""`python -m sslfast.info`: versions, the device, and every backend of every op with
+"available" or the reasons it cannot run here."""
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def _version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as exc:  # missing or broken optional dependency
+        return f"not available ({type(exc).__name__})"
+
+
+def report() -> str:
+    import torch
+
+    from . import __version__, dispatch
+
+    lines = [f"sslfast {__version__}", f"python {platform.python_version()} ({platform.machine()})"]
+    for mod in ("torch", "triton", "numpy", "numba", "torchvision", "nvidia.dali", "xformers", "lightly"):
+        lines.append(f"{mod:<12} {_version(mod)}")
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        props = torch.cuda.get_device_properties(device)
+        lines.append(f"device       {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)")
+    else:
+        device = torch.device("cpu")
+        lines.append(f"device       cpu ({torch.get_num_threads()} threads); no CUDA device")
+    lines.append(f"TRITON_INTERPRET={'1' if dispatch.triton_interpreter() else 'unset'}")
+    lines.append("")
+    lines.append(f"{'op':<28} {'backend':<10} status on {device.type}")
+    for op, name, status in dispatch.describe(device):
+        lines.append(f"{op:<28} {name:<10} {status}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Losses as nn.Modules (lightly-compatible constructors, plus `backend=`)."""

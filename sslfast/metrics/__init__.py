@@ -1,0 +1,1 @@
+"""Representation-quality monitors: RankMe, alignment/uniformity, kNN, embedding std."""

@@ -1,0 +1,5 @@
+"""Readable pure-PyTorch implementations of every op: the test oracle, the CPU path and the
+benchmark baseline. Memory-aware (chunked) where the naive form is O(N^2)."""
+from .similarity import similarity_lse, similarity_lse_dense
+
+__all__ = ["similarity_lse", "similarity_lse_dense"]

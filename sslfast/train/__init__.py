@@ -1,0 +1,1 @@
+"""Pretraining loop, models, optimisers and schedules behind `sslfast pretrain`."""

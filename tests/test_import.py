@@ -1,0 +1,26 @@
+"""Importing sslfast must not need Triton, DALI, xformers or the extension, nor touch CUDA."""
+import subprocess
+import sys
+
+CODE = r"""
+import sys
+import sslfast, sslfast.losses, sslfast.functional, sslfast.metrics, sslfast.dispatch
+import sslfast.info
+heavy = [m for m in ("triton", "nvidia.dali", "xformers", "sslfast._C", "numba") if m in sys.modules]
+assert not heavy, f"importing sslfast imported {heavy}"
+import torch
+assert not torch.cuda.is_initialized(), "importing sslfast initialised CUDA"
+print("ok")
+"""
+
+
+def test_import_is_light():
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_info_lists_every_backend():
+    out = subprocess.run([sys.executable, "-m", "sslfast.info"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "similarity_lse" in out.stdout and "reference  available" in out.stdout
