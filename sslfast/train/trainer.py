@@ -289,16 +289,33 @@ class Trainer:
         return loss.detach(), embeddings, lr
 
     def _cached_step(self, context: StepContext):
-        from .grad_cache import cached_backward
+        """The step through cached embeddings (sslfast.train.grad_cache): chunks of `batch`.
 
-        sync = self.model.no_sync() if self.world > 1 else contextlib.nullcontext()
-        with sync:
-            loss, embeddings = cached_backward(
-                encode=lambda branch, x: self.model("encode", branch, x), inputs=context.inputs,
-                loss_fn=lambda z: self.model("loss", z, context), chunk_size=self.chunk, autocast=self._autocast)
+        Under DDP every pass runs in no_sync() and the gradients are averaged once at the end:
+        the replays touch the branches one chunk at a time, which DDP's reducer (expecting every
+        parameter in every synchronised backward) cannot follow.
+        """
+        from .grad_cache import grad_cache_step
+
+        embeddings: List[torch.Tensor] = []
+
+        def loss_fn(*z):
+            embeddings[:] = z  # the whole batch's embeddings, for the monitors
+            with self._autocast():
+                return self.model("loss", list(z), context)
+
+        def encoder(branch):
+            def encode(x):
+                with self._autocast():
+                    return self.model("encode", branch, x)
+            return encode
+
+        encoders = [encoder(branch) for branch, _ in context.inputs]
+        with self.model.no_sync() if self.world > 1 else contextlib.nullcontext():
+            loss = grad_cache_step(loss_fn, encoders, [x for _, x in context.inputs], self.chunk)
         if self.world > 1:
             _average_gradients(self.method.parameters())
-        return loss, embeddings
+        return loss, [z.detach() for z in embeddings]
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -394,7 +411,7 @@ class Trainer:
                         self.pairs.add(embeddings[0], embeddings[1])
                     if self.step % config.log_every == 0 or self.step == 1:
                         steps_log.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
-                                          "loss": value, "lr": lr, "time_s": round(time.time() - start, 2)})
+                                          "loss": value, "lr": lr, "time_s": round(time.time() - start, 4)})
                         board.log({"loss": value, "lr": lr}, self.step, "step")
                     if bar is not None:
                         rate = self.global_batch * len(losses) / max(time.time() - tick, 1e-9)
