@@ -37,6 +37,7 @@ _GROUPS = {
         ("recipe", "augmentation recipe: simclr, byol or barlowtwins (default: the method's)"),
         ("random_fields", "add random-field augmentation (sslfast.augment) to every view"),
         ("loader_device", "where images are decoded and augmented: gpu (DALI), cpu, auto"),
+        ("loader_backend", "dali, torch (PIL + DataLoader fallback) or auto (DALI where installed)"),
         ("num_workers", "loader threads / worker processes"),
     ),
     "method and model": (
@@ -88,7 +89,7 @@ _GROUPS = {
 }
 # Options that may change when a run is resumed: they do not change the steps it takes.
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "progress", "tensorboard", "knn_every", "log_every", "num_workers",
-                      "loader_device"}
+                      "loader_device", "loader_backend"}
 
 
 def _config_fields():
@@ -189,7 +190,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         if args.config:
             raise ValueError("--resume takes the configuration of the run it continues: drop --config")
         resume_state = ckpt.load(_resolve_checkpoint(args.resume))
-        values = dict(resume_state["config"])
+        values = dict(resume_state["config"], out=os.path.dirname(resume_state["path"]))
         changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDABLE and v != values.get(k))
         if changed or extra:
             names = [f"--{k.replace('_', '-')}" for k in changed] + (["--method-option"] if extra else [])

@@ -38,14 +38,21 @@ def tiny(*extra, batch=4, hidden=32):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
+    """A private cache folder for the synthetic set, and one thread per process: `pytest -n 2`
+    on 2 cores with torch's default of one thread per core would oversubscribe them, and
+    OpenMP threads that wait for a core slow small models down many times over."""
     folder = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("SSLFAST_CACHE_DIR")
-    os.environ["SSLFAST_CACHE_DIR"] = str(folder)  # children inherit it
+    saved = {k: os.environ.get(k) for k in ("SSLFAST_CACHE_DIR", "OMP_NUM_THREADS")}
+    os.environ.update(SSLFAST_CACHE_DIR=str(folder), OMP_NUM_THREADS="1")  # children inherit them
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield folder
-    if old is None:
-        del os.environ["SSLFAST_CACHE_DIR"]
-    else:
-        os.environ["SSLFAST_CACHE_DIR"] = old
+    torch.set_num_threads(threads)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _cli(*args, check=True, **kwargs):

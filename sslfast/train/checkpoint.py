@@ -54,7 +54,8 @@ def save_atomic(obj: Any, path: str) -> str:
 
 
 def load(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Load a pretraining checkpoint written by `save_atomic`, checking that it is one."""
+    """Load a pretraining checkpoint written by `save_atomic`, checking that it is one; the
+    dict gets "path", the absolute path it was read from (a moved run folder still resumes)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
@@ -65,6 +66,7 @@ def load(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
         raise ValueError(f"{path!r} is not an sslfast pretraining checkpoint (format marker missing)")
     if state.get("version") != VERSION:
         raise ValueError(f"{path!r} has checkpoint version {state.get('version')}, this sslfast reads {VERSION}")
+    state["path"] = os.path.abspath(path)
     return state
 
 

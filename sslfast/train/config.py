@@ -19,6 +19,7 @@ from .._validation import check_choice, check_int, check_nonnegative, check_posi
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 LOADER_DEVICES = ("auto", "cpu", "gpu")
+LOADER_BACKENDS = ("auto", "dali", "torch")
 STEM_CHOICES = ("auto", "imagenet", "cifar")
 
 
@@ -40,6 +41,8 @@ class PretrainConfig:
     """Random-field augmentation (sslfast.augment) on top of the recipe."""
     loader_device: str = "auto"
     """Where the loader decodes and augments: gpu (DALI), cpu, or auto (gpu on CUDA)."""
+    loader_backend: str = "auto"
+    """dali, torch (the PIL/DataLoader fallback) or auto (DALI where installed)."""
     num_workers: int = 2
 
     # --- model and method ----------------------------------------------------------------------
@@ -114,6 +117,7 @@ class PretrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("device", self.device, DEVICES)
         check_choice("loader_device", self.loader_device, LOADER_DEVICES)
+        check_choice("loader_backend", self.loader_backend, LOADER_BACKENDS)
         for name in ("epochs", "batch", "crop_size", "synthetic_image_size", "synthetic_train_per_class",
                      "synthetic_val_per_class", "knn_k", "knn_every", "knn_train_samples", "knn_val_samples",
                      "monitor_pairs", "log_every"):

@@ -44,6 +44,7 @@ from .methods import SSLMethod, StepContext, build_method
 from .models import RESNETS, build_backbone, count_parameters
 from .monitor import CSVLog, EvalImages, PairBuffer, TensorBoard, plot_curves, representation_metrics, subsample
 from .optim import LRSchedule, build_optimizer, parameter_groups
+from .parallel import any_rank, average_gradients, gather_objects, init_distributed, run_on_rank0
 
 LAST = "last.pt"
 ENCODER = "encoder.pt"
@@ -67,14 +68,6 @@ class PretrainResult:
 
 # ---- process setup ----------------------------------------------------------------------------
 
-def init_distributed(device_kind: str) -> None:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-
-
 def pick_device(config: PretrainConfig) -> torch.device:
     if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
@@ -83,27 +76,6 @@ def pick_device(config: PretrainConfig) -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
-
-
-def _gather_objects(obj) -> list:
-    if not distributed.is_distributed():
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _any_rank(flags: List[bool], device: torch.device) -> List[bool]:
-    """Element-wise OR of boolean flags over ranks (so that every rank stops at the same step)."""
-    if not distributed.is_distributed():
-        return flags
-    import torch.distributed as dist
-
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -149,6 +121,7 @@ class Trainer:
         self.loader_device = ("gpu" if self.device.type == "cuda" else "cpu") if config.loader_device == "auto" \
             else config.loader_device
         self.out = self._out_dir()
+        self.config.out = self.out
 
         # model, loss, optimizer
         backbone, feature_dim = build_backbone(config.backbone, image_size=config.crop_size, stem=resolve_stem(config))
@@ -197,21 +170,24 @@ class Trainer:
     # ---- setup helpers ------------------------------------------------------------------------
 
     def _out_dir(self) -> str:
+        """The run folder: the resumed checkpoint's folder (wherever it was moved), --out, or a
+        new sslfast_runs/<method>-<backbone>-<time>. Rank 0 creates it and writes config.json."""
         if self.resume_state is not None:
-            return self.resume_state["out"]
-        if self.config.out:
-            out = os.path.abspath(self.config.out)
-        else:
-            stamp = _gather_objects(time.strftime("%Y%m%d-%H%M%S"))[0]
-            out = os.path.abspath(os.path.join("sslfast_runs", f"{self.config.method}-{self.config.backbone}-{stamp}"))
-        if self.is_main:
+            return os.path.dirname(self.resume_state["path"])
+
+        def create() -> str:
+            out = self.config.out or os.path.join(
+                "sslfast_runs", f"{self.config.method}-{self.config.backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
+            out = os.path.abspath(out)
             if os.path.isfile(os.path.join(out, LAST)):
-                raise FileExistsError(f"{out} already holds a run ({LAST}); resume it with --resume {out} or choose "
-                                      f"another --out")
+                raise FileExistsError(f"{out} already holds a run ({LAST}); continue it with --resume {out} or "
+                                      f"choose another --out")
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, "config.json"), "w") as fh:
                 json.dump(self.config.to_dict(), fh, indent=1)
-        return out
+            return out
+
+        return run_on_rank0(create)
 
     def _load_state(self, state: dict) -> None:
         self.method.load_state_dict(state["model"])
@@ -219,16 +195,17 @@ class Trainer:
         self.step = state["step"]
         self.loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"][self.rank])
-        self.last_checkpoint = os.path.join(state["out"], LAST)
+        self.last_checkpoint = state["path"]
 
-    def _state(self) -> dict:
-        rng = _gather_objects(ckpt.rng_state())
-        return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "config": self.config.to_dict(), "out": self.out,
-                "world_size": self.world, "step": self.step, "loader": self.loader.state_dict(),
-                "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng}
+    def _state(self, start: float) -> dict:
+        rng = gather_objects(ckpt.rng_state())
+        return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "config": self.config.to_dict(), "world_size": self.world, "step": self.step, "loader": self.loader.state_dict(),
+                "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng,
+                "elapsed_s": time.time() - start}
 
-    def save_checkpoint(self) -> Optional[str]:
-        state = self._state()  # every rank takes part (RNG states are gathered)
+    def save_checkpoint(self, start: float) -> Optional[str]:
+        """Write last.pt atomically (rank 0); every rank must call it (RNG states are gathered)."""
+        state = self._state(start)
         if not self.is_main:
             return None
         path = ckpt.save_atomic(state, os.path.join(self.out, LAST))
@@ -314,69 +291,77 @@ class Trainer:
         with self.model.no_sync() if self.world > 1 else contextlib.nullcontext():
             loss = grad_cache_step(loss_fn, encoders, [x for _, x in context.inputs], self.chunk)
         if self.world > 1:
-            _average_gradients(self.method.parameters())
+            average_gradients(self.method.parameters())
         return loss, [z.detach() for z in embeddings]
 
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(self) -> PretrainResult:
-        config, start = self.config, time.time()
+        try:
+            return self._run()
+        finally:
+            self.loader.close()
+
+    def _run(self) -> PretrainResult:
+        config = self.config
+        start = time.time() - (self.resume_state or {}).get("elapsed_s", 0.0)  # time_s counts across resumes
         self.bank, self.queries = self._eval_sets() if self.is_main else (None, None)
         self._describe()
-        epochs_log = steps_log = None
+        self.epochs_log = self.steps_log = None
         if self.is_main:  # a resumed run rewrites what followed its checkpoint
-            epochs_log = CSVLog(os.path.join(self.out, "epochs.csv"), keep_up_to_step=self.step)
-            steps_log = CSVLog(os.path.join(self.out, "steps.csv"), keep_up_to_step=self.step)
-        board = TensorBoard(os.path.join(self.out, "tensorboard"), config.tensorboard and self.is_main)
+            self.epochs_log = CSVLog(os.path.join(self.out, "epochs.csv"), keep_up_to_step=self.step)
+            self.steps_log = CSVLog(os.path.join(self.out, "steps.csv"), keep_up_to_step=self.step)
+        self.board = TensorBoard(os.path.join(self.out, "tensorboard"), config.tensorboard and self.is_main)
         result = PretrainResult(out=self.out, checkpoint=self.last_checkpoint, step=self.step, epoch=self.loader.epoch)
         if self.step == 0:
             result.initial_metrics = self.evaluate()
             if result.initial_metrics:
                 self.log(f"before training (random init): {_format_metrics(result.initial_metrics)}")
-                epochs_log.append({"epoch": 0, "step": 0, "images": 0, "time_s": 0.0, **result.initial_metrics})
-                board.log(result.initial_metrics, 0, "epoch")
+                self._log_epoch({"epoch": 0, "step": 0, "images": 0, "time_s": 0.0, **result.initial_metrics})
         elif self.is_main:
-            result.initial_metrics = _numbers(next((r for r in epochs_log.rows if float(r["step"]) == 0), {}))
+            result.initial_metrics = _numbers(next((r for r in self.epochs_log.rows if float(r["step"]) == 0), {}))
 
         step_limit = min(self.total_steps, config.max_steps or self.total_steps)
         with ckpt.StopRequest() as stop:
             while self.step < step_limit:
                 epoch = self.loader.epoch
-                epoch_loss = self._run_epoch(epoch, step_limit, stop, steps_log, board, start)
+                epoch_loss = self._run_epoch(epoch, step_limit, stop, start)
                 if stop.requested_everywhere:
-                    path = self.save_checkpoint()
-                    self.log(f"{stop.signal_name}: stopped after step {self.step}; checkpoint written to {path} "
-                             f"(continue with: sslfast pretrain --resume {self.out})")
-                    result.interrupted = stop.signal_name or "stop"
+                    path = self.save_checkpoint(start)
+                    self.log(f"{stop.signal_name or 'stop'}: stopped after step {self.step}; checkpoint written to "
+                             f"{path} (continue with: sslfast pretrain --resume {self.out})")
+                    result.interrupted = stop.signal_name or "SIGTERM"
                     break
-                done = self.step >= step_limit
                 if self.is_main:
                     metrics = {}
-                    if done or (epoch + 1) % config.knn_every == 0:
+                    if self.step >= step_limit or (epoch + 1) % config.knn_every == 0:
                         metrics = {**self.evaluate(), **self.pairs.metrics()}
                     row = {"epoch": round(self.step / self.steps_per_epoch, 3), "step": self.step,
                            "images": self.step * self.global_batch, "time_s": round(time.time() - start, 2),
                            "loss": epoch_loss, **metrics}
-                    epochs_log.append(row)
-                    board.log(row, self.step, "epoch")
+                    self._log_epoch(row)
                     self.log(f"epoch {row['epoch']:g}/{config.epochs}: loss {epoch_loss:.4f}  "
                              f"{_format_metrics(metrics)}  ({time.time() - start:.0f} s)")
                 self.pairs.reset()
-                self.save_checkpoint()
+                self.save_checkpoint(start)
         result.checkpoint, result.step, result.epoch = self.last_checkpoint, self.step, self.loader.epoch
         result.elapsed_s = time.time() - start
         if self.is_main and not result.interrupted:
-            evaluated = [r for r in epochs_log.rows if _is_number(r.get("knn_top1")) and float(r["step"]) > 0]
+            evaluated = [r for r in self.epochs_log.rows if _is_number(r.get("knn_top1")) and float(r["step"]) > 0]
             result.final_metrics = _numbers(evaluated[-1]) if evaluated else {}
             torch.save(self.method.monitored_backbone.state_dict(), os.path.join(self.out, ENCODER))
             title = f"{config.method} / {config.backbone}: {self.split.description}"
-            plot_curves(epochs_log.rows, steps_log.rows, os.path.join(self.out, "curves.png"), title=title[:110])
+            plot_curves(self.epochs_log.rows, self.steps_log.rows, os.path.join(self.out, "curves.png"),
+                        title=title[:110])
             self._summary(result)
-        board.close()
-        self.loader.close()
+        self.board.close()
         return result
 
-    def _run_epoch(self, epoch: int, step_limit: int, stop: ckpt.StopRequest, steps_log, board, start: float) -> float:
+    def _log_epoch(self, row: dict) -> None:
+        self.epochs_log.append(row)
+        self.board.log(row, int(row["step"]), "epoch")
+
+    def _run_epoch(self, epoch: int, step_limit: int, stop: ckpt.StopRequest, start: float) -> float:
         """Train from the loader's position to the end of the epoch, the step limit or a stop
         request (which sets stop.requested_everywhere on every rank); returns the mean loss."""
         config = self.config
@@ -392,7 +377,7 @@ class Trainer:
             for batch in self.loader:
                 loss, embeddings, lr = self.train_step(batch)
                 finite = bool(torch.isfinite(loss))
-                stop_now, not_finite = _any_rank([stop.requested, not finite], self.device)
+                stop_now, not_finite = any_rank([stop.requested, not finite], self.device)
                 if not_finite:
                     raise NonFiniteLossError(
                         f"the loss is {float(loss) if not finite else 'not finite on another rank'} at step "
@@ -410,9 +395,9 @@ class Trainer:
                     if len(embeddings) >= 2:
                         self.pairs.add(embeddings[0], embeddings[1])
                     if self.step % config.log_every == 0 or self.step == 1:
-                        steps_log.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                        self.steps_log.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                                           "loss": value, "lr": lr, "time_s": round(time.time() - start, 4)})
-                        board.log({"loss": value, "lr": lr}, self.step, "step")
+                        self.board.log({"loss": value, "lr": lr}, self.step, "step")
                     if bar is not None:
                         rate = self.global_batch * len(losses) / max(time.time() - tick, 1e-9)
                         bar.set_postfix_str(f"loss {smooth:.4f}  lr {lr:.2e}  {rate:.0f} img/s", refresh=False)
@@ -464,21 +449,6 @@ def _method_recipe(method: str) -> str:
     from .methods import METHOD_CLASSES
 
     return METHOD_CLASSES[method].recipe
-
-
-def _average_gradients(parameters) -> None:
-    import torch.distributed as dist
-
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def _numbers(row: dict) -> Dict[str, float]:
