@@ -78,10 +78,13 @@ Numerics
   with l_i < Nk * 2^-102 (relative error possibly above 2^-24) and `_lse_fwd_kernel` recomputes
   exactly those with the online maximum (ONLY_FLAGGED: programs without a flagged row return
   at once). No host synchronisation: the flags stay on the device.
-* Second-stage products (P @ k and friends) take the probabilities in the input dtype, like
-  flash-attention's P @ V. Their row/column weights are divided by their maximum on the host
-  (g / max|g|, rho / max rho, ...) so that the fp16 operands stay in [-2, 2]: a mean-reduced loss
-  at N = 10^6 gives g ~ 1e-6, which fp16 would flush; the maxima are multiplied back in fp32.
+* Second-stage products (P @ k and friends) take their operands in the input dtype, like
+  flash-attention's P @ V, and keep them in [-2, 2] whatever the data: the probabilities carry the
+  upstream gradient divided by its maximum (g / max|g|: a mean-reduced loss at N = 10^6 has
+  g ~ 1e-6, which fp16 would flush), the maximum being multiplied back in fp32; with
+  normalisation the value operand is the unit-norm row r_j k_j (scaled in fp32 in registers), so
+  a zero or huge row cannot push the others out of fp16's range. Gradient errors are thus
+  relative to the largest gradient, as in any fp16 flash-attention backward.
 * Offsets: row and column indices are widened to int64 before they multiply a stride.
 """
 import triton
@@ -106,28 +109,34 @@ def _zero_accumulators(*names):
     return hook
 
 
-def _row_configs(pre_hook=None):
-    gpu = [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=pre_hook)
-        for bn, w, s in ((64, 4, 3), (64, 8, 3), (64, 4, 4), (128, 8, 2), (128, 8, 3), (32, 4, 4))
-    ]
-    return interpreter_configs(gpu, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, pre_hook=pre_hook))
+def _configs(params, gpu, interpreter, pre_hook=None):
+    """Autotune configs from (block sizes..., num_warps, num_stages) tuples; one under the
+    interpreter (triton.autotune cannot benchmark there)."""
+    def make(values, **kw):
+        return triton.Config(dict(zip(params, values)), pre_hook=pre_hook, **kw)
+    return interpreter_configs([make(v[:-2], num_warps=v[-2], num_stages=v[-1]) for v in gpu],
+                               make(interpreter))
 
 
-def _col_configs():
-    gpu = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": 128}, num_warps=w, num_stages=s)
-        for bm, w, s in ((64, 4, 3), (64, 8, 3), (64, 4, 4), (128, 8, 2), (128, 8, 3), (32, 4, 4))
-    ]
-    return interpreter_configs(gpu, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}))
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Only configs that ptxas (sm_90) compiles without
+# register spills are listed; the backward keeps a (BLOCK, BLOCK_D) fp32 accumulator next to the
+# recomputed tile, which is why its second block dimension is small.
+_FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)]
+_BWD_ROWS_CONFIGS = [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 2), (128, 64, 8, 3)]
+_BWD_COLS_CONFIGS = [(32, 128, 8, 3), (32, 128, 8, 4)]
+# (BLOCK, num_warps, num_stages): square tiles. The symmetric backward holds two accumulators and
+# both operand tiles; at BLOCK = 128 ptxas spills ~1.1 KB per thread, so it runs 64 x 64 tiles.
+_SYM_FWD_CONFIGS = [(128, 8, 2), (128, 8, 3), (64, 4, 3), (64, 8, 3)]
+_SYM_BWD_CONFIGS = [(64, 8, 2), (64, 8, 3)]
+_INTERPRETER_TILE = 64  # large tiles: the interpreter's cost is per tile op, not per element
 
 
-def _sym_configs(pre_hook):
-    gpu = [
-        triton.Config({"BLOCK": 128}, num_warps=w, num_stages=s, pre_hook=pre_hook)
-        for w, s in ((8, 2), (8, 3), (4, 3), (4, 2))
-    ]
-    return interpreter_configs(gpu, triton.Config({"BLOCK": 64}, pre_hook=pre_hook))
+def _row_configs(table, pre_hook=None):
+    return _configs(("BLOCK_M", "BLOCK_N"), table, (_INTERPRETER_TILE, _INTERPRETER_TILE), pre_hook)
+
+
+def _sym_configs(table, pre_hook):
+    return _configs(("BLOCK",), table, (_INTERPRETER_TILE,), pre_hook)
 
 
 _KEY = ["Nq", "Nk", "D", "BLOCK_D"]
@@ -138,15 +147,15 @@ _SYM_KEY = ["N", "D", "BLOCK_D"]
 # shared pieces
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(ptr, idx64, idx_mask, stride_idx, offs_d, D, stride_d):
-    """(len(idx), len(offs_d)) tile of a row-major-ish matrix, zeros outside."""
-    ptrs = ptr + idx64[:, None] * stride_idx + offs_d[None, :].to(tl.int64) * stride_d
+def _load_tile(ptr, idx64, idx_mask, stride_idx, offs_d, D):
+    """(len(idx), len(offs_d)) tile of a matrix with unit column stride, zeros outside."""
+    ptrs = ptr + idx64[:, None] * stride_idx + offs_d[None, :]
     return tl.load(ptrs, mask=idx_mask[:, None] & (offs_d[None, :] < D), other=0.0)
 
 
 @triton.jit
 def _tile_dots(a_tile, a_ptr, a_idx64, a_mask, stride_a, b_tile, b_ptr, b_idx64, b_mask, stride_b,
-               stride_d, D, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr, PRECISION: tl.constexpr):
+               D, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr, PRECISION: tl.constexpr):
     """d = A @ B^T for one tile pair. With one D chunk both operands are already loaded
     (a_tile, b_tile) and the caller's column loop stays the innermost (pipelined) loop;
     otherwise the chunks are streamed here."""
@@ -156,8 +165,8 @@ def _tile_dots(a_tile, a_ptr, a_idx64, a_mask, stride_a, b_tile, b_ptr, b_idx64,
         offs_d = tl.arange(0, BLOCK_D)
         dots = tl.zeros((a_idx64.shape[0], b_idx64.shape[0]), tl.float32)
         for d0 in range(0, D, BLOCK_D):
-            a = _load_tile(a_ptr, a_idx64, a_mask, stride_a, d0 + offs_d, D, stride_d)
-            b = _load_tile(b_ptr, b_idx64, b_mask, stride_b, d0 + offs_d, D, stride_d)
+            a = _load_tile(a_ptr, a_idx64, a_mask, stride_a, d0 + offs_d, D)
+            b = _load_tile(b_ptr, b_idx64, b_mask, stride_b, d0 + offs_d, D)
             dots = tl.dot(a, tl.trans(b), dots, input_precision=PRECISION)
     return dots
 
@@ -174,10 +183,10 @@ def _column_keys(cols, period, PERIODIC: tl.constexpr):
 # --------------------------------------------------------------------------------------------
 # general forward: online log-sum-exp over the columns
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_row_configs(), key=_KEY)
+@triton.autotune(configs=_row_configs(_FWD_CONFIGS), key=_KEY)
 @triton.jit
 def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, lse_ptr, redo_ptr,
-                    Nq, Nk, D, stride_qm, stride_kn, stride_d, period,
+                    Nq, Nk, D, stride_qm, stride_kn, period,
                     HAS_SELF: tl.constexpr, PERIODIC: tl.constexpr, HAS_COL_SCALE: tl.constexpr,
                     ONLY_FLAGGED: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -196,7 +205,7 @@ def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, ls
     row_scale = tl.load(row_scale_ptr + rows64, mask=row_mask, other=0.0)  # a_i r_i log2(e)
     self_key = tl.load(self_key_ptr + rows64, mask=row_mask, other=-1) if HAS_SELF else rows
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+    q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D) if D_CHUNKS == 1 else None
 
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of the base-2 logits
     l = tl.zeros((BLOCK_M,), tl.float32)                 # running sum of exp2(logit - m)
@@ -204,9 +213,9 @@ def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, ls
         cols = n0 + tl.arange(0, BLOCK_N)
         col_mask = cols < Nk
         cols64 = cols.to(tl.int64)
-        k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+        k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D) if D_CHUNKS == 1 else None
         dots = _tile_dots(q, q_ptr, rows64, row_mask, stride_qm, k, k_ptr, cols64, col_mask, stride_kn,
-                          stride_d, D, BLOCK_D, D_CHUNKS, PRECISION)
+                          D, BLOCK_D, D_CHUNKS, PRECISION)
         logits = dots * row_scale[:, None]
         if HAS_COL_SCALE:
             logits *= tl.load(col_scale_ptr + cols64, mask=col_mask, other=0.0)[None, :]
@@ -226,18 +235,18 @@ def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, ls
 # --------------------------------------------------------------------------------------------
 # general backward, rows: dq and da (no atomics)
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_row_configs(), key=_KEY)
+@triton.autotune(configs=_row_configs(_BWD_ROWS_CONFIGS), key=_KEY)
 @triton.jit
-def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, col_weight_ptr, self_key_ptr,
+def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr,
                          lse2_ptr, dq_coef_ptr, dq_norm_coef_ptr, da_coef_ptr, dq_ptr, da_ptr,
-                         Nq, Nk, D, stride_qm, stride_kn, stride_d, stride_dqm, period,
+                         Nq, Nk, D, stride_qm, stride_kn, stride_dqm, period,
                          HAS_SELF: tl.constexpr, PERIODIC: tl.constexpr, NORMALIZED: tl.constexpr,
                          WRITE_DQ: tl.constexpr, WRITE_DA: tl.constexpr, BLOCK_D: tl.constexpr,
                          D_CHUNKS: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dq_i = c1_i A'_i - c2_i B_i q_i and da_i = c3_i B_i, with A'_i = sum_j P_ij w_j k_j over
-    this program's D chunk (w_j = rho_j / max rho) and B_i = sum_j P_ij rho_j d_ij; the host's
-    coefficients are c1 = g a r max(rho), c2 = g a r n, c3 = g r."""
+    """dq_i = c1_i A_i - c2_i B_i q_i and da_i = c3_i B_i, with A_i = sum_j P_ij rho_j k_j over
+    this program's D chunk and B_i = sum_j P_ij rho_j d_ij; the host's coefficients are
+    c1 = g a r, c2 = g a r n, c3 = g r."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < Nq
     rows64 = rows.to(tl.int64)
@@ -247,20 +256,20 @@ def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, col_weight_
     row_scale = tl.load(row_scale_ptr + rows64, mask=row_mask, other=0.0)
     lse2 = tl.load(lse2_ptr + rows64, mask=row_mask, other=float("inf"))
     self_key = tl.load(self_key_ptr + rows64, mask=row_mask, other=-1) if HAS_SELF else rows
-    q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+    q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D) if D_CHUNKS == 1 else None
 
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # A'
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)  # A
     b_sum = tl.zeros((BLOCK_M,), tl.float32)        # B
     for n0 in range(0, Nk, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_mask = cols < Nk
         cols64 = cols.to(tl.int64)
         if D_CHUNKS == 1:
-            k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D, stride_d)
+            k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D)
         else:
-            k = _load_tile(k_ptr, cols64, col_mask, stride_kn, chunk_d, D, stride_d)
+            k = _load_tile(k_ptr, cols64, col_mask, stride_kn, chunk_d, D)
         dots = _tile_dots(q, q_ptr, rows64, row_mask, stride_qm, k, k_ptr, cols64, col_mask, stride_kn,
-                          stride_d, D, BLOCK_D, D_CHUNKS, PRECISION)
+                          D, BLOCK_D, D_CHUNKS, PRECISION)
         keep = col_mask[None, :]
         if HAS_SELF:
             keep = keep & (_column_keys(cols, period, PERIODIC)[None, :] != self_key[:, None])
@@ -269,14 +278,14 @@ def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, col_weight_
             dots *= col_scale[None, :]  # rho_j d_ij
         p = tl.where(keep, tl.exp2(dots * row_scale[:, None] - lse2[:, None]), 0.0)
         b_sum += tl.sum(p * dots, axis=1)
-        if NORMALIZED:
-            p *= tl.load(col_weight_ptr + cols64, mask=col_mask, other=0.0)[None, :]
+        if NORMALIZED:  # the MMA operand is the unit-norm key, whatever the raw norms are
+            k = (k.to(tl.float32) * col_scale[:, None]).to(k_ptr.dtype.element_ty)
         acc = tl.dot(p.to(k.dtype), k, acc, input_precision=PRECISION)
 
     if WRITE_DQ:
         dq = acc * tl.load(dq_coef_ptr + rows64, mask=row_mask, other=0.0)[:, None]
         if NORMALIZED:
-            q_chunk = _load_tile(q_ptr, rows64, row_mask, stride_qm, chunk_d, D, stride_d).to(tl.float32)
+            q_chunk = _load_tile(q_ptr, rows64, row_mask, stride_qm, chunk_d, D).to(tl.float32)
             norm_coef = tl.load(dq_norm_coef_ptr + rows64, mask=row_mask, other=0.0)
             dq -= (norm_coef * b_sum)[:, None] * q_chunk
         dq_ptrs = dq_ptr + rows64[:, None] * stride_dqm + chunk_d[None, :]
@@ -290,16 +299,16 @@ def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, col_weight_
 # --------------------------------------------------------------------------------------------
 # general backward, columns: dk (a second pass instead of atomics, see the module docstring)
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_col_configs(), key=_KEY)
+@triton.autotune(configs=_row_configs(_BWD_COLS_CONFIGS), key=_KEY)
 @triton.jit
-def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, row_weight_ptr, self_key_ptr,
+def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, row_norm_ptr, col_scale_ptr, row_weight_ptr, self_key_ptr,
                          lse2_ptr, dk_coef_ptr, dk_norm_coef_ptr, dk_ptr,
-                         Nq, Nk, D, stride_qm, stride_kn, stride_d, stride_dkn, period,
+                         Nq, Nk, D, stride_qm, stride_kn, stride_dkn, period,
                          HAS_SELF: tl.constexpr, PERIODIC: tl.constexpr, NORMALIZED: tl.constexpr,
                          ACCUMULATE: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
                          PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dk_j = e1_j V'_j - e2_j W'_j k_j with V'_j = sum_i v_i P_ij q_i over this program's D chunk,
-    W'_j = sum_i v_i P_ij d_ij, v = u / max|u| (u = g a r); e1 = rho max|u|, e2 = rho m max|u|.
+    """dk_j = e1_j V'_j - e2_j W'_j k_j with V'_j = sum_i v_i P_ij r_i q_i over this program's D
+    chunk, W'_j = sum_i v_i P_ij r_i d_ij, v = g a / max|g a|; e1 = rho max|g a|, e2 = e1 m.
     ACCUMULATE adds to dk instead of overwriting it (k is q: dz = dq + dk in one fp32 buffer)."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < Nk
@@ -310,7 +319,7 @@ def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, row_weight_
     col_keys = _column_keys(cols, period, PERIODIC)
     if NORMALIZED:
         col_scale = tl.load(col_scale_ptr + cols64, mask=col_mask, other=0.0)
-    k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+    k = _load_tile(k_ptr, cols64, col_mask, stride_kn, offs_d, D) if D_CHUNKS == 1 else None
 
     acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)  # V'
     w_sum = tl.zeros((BLOCK_N,), tl.float32)        # W'
@@ -319,11 +328,11 @@ def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, row_weight_
         row_mask = rows < Nq
         rows64 = rows.to(tl.int64)
         if D_CHUNKS == 1:
-            q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D, stride_d)
+            q = _load_tile(q_ptr, rows64, row_mask, stride_qm, offs_d, D)
         else:
-            q = _load_tile(q_ptr, rows64, row_mask, stride_qm, chunk_d, D, stride_d)
+            q = _load_tile(q_ptr, rows64, row_mask, stride_qm, chunk_d, D)
         dots = _tile_dots(q, q_ptr, rows64, row_mask, stride_qm, k, k_ptr, cols64, col_mask, stride_kn,
-                          stride_d, D, BLOCK_D, D_CHUNKS, PRECISION)
+                          D, BLOCK_D, D_CHUNKS, PRECISION)
         row_scale = tl.load(row_scale_ptr + rows64, mask=row_mask, other=0.0)
         lse2 = tl.load(lse2_ptr + rows64, mask=row_mask, other=float("inf"))
         row_weight = tl.load(row_weight_ptr + rows64, mask=row_mask, other=0.0)
@@ -335,12 +344,16 @@ def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, row_weight_
         if NORMALIZED:
             logits *= col_scale[None, :]
         p = tl.where(keep, tl.exp2(logits - lse2[:, None]), 0.0) * row_weight[:, None]
+        if NORMALIZED:  # r_i d_ij, and the unit-norm query as the MMA operand
+            row_norm = tl.load(row_norm_ptr + rows64, mask=row_mask, other=0.0)
+            dots *= row_norm[:, None]
+            q = (q.to(tl.float32) * row_norm[:, None]).to(q_ptr.dtype.element_ty)
         w_sum += tl.sum(p * dots, axis=0)
         acc = tl.dot(tl.trans(p.to(q.dtype)), q, acc, input_precision=PRECISION)
 
     dk = acc * tl.load(dk_coef_ptr + cols64, mask=col_mask, other=0.0)[:, None]
     if NORMALIZED:
-        k_chunk = _load_tile(k_ptr, cols64, col_mask, stride_kn, chunk_d, D, stride_d).to(tl.float32)
+        k_chunk = _load_tile(k_ptr, cols64, col_mask, stride_kn, chunk_d, D).to(tl.float32)
         norm_coef = tl.load(dk_norm_coef_ptr + cols64, mask=col_mask, other=0.0)
         dk -= (norm_coef * w_sum)[:, None] * k_chunk
     dk_ptrs = dk_ptr + cols64[:, None] * stride_dkn + chunk_d[None, :]
@@ -366,10 +379,10 @@ def _upper_tile_range(N, targets, BLOCK: tl.constexpr):
     return j_first, j_last
 
 
-@triton.autotune(configs=_sym_configs(_zero_accumulators("sum_ptr")), key=_SYM_KEY)
+@triton.autotune(configs=_sym_configs(_SYM_FWD_CONFIGS, _zero_accumulators("sum_ptr")), key=_SYM_KEY)
 @triton.jit
 def _sym_lse_fwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, shift2_ptr, sum_ptr,
-                        N, D, stride_zn, stride_d, period, targets,
+                        N, D, stride_zn, period, targets,
                         HAS_SELF: tl.constexpr, PERIODIC: tl.constexpr, BLOCK_D: tl.constexpr,
                         D_CHUNKS: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr):
     """l_i += sum over kept j of exp2(s2_ij - c2), c2 = |a| log2(e), from upper-triangle tiles:
@@ -384,16 +397,16 @@ def _sym_lse_fwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, shift
     row_scale = tl.load(row_scale_ptr + rows64, mask=row_mask, other=0.0)  # a r_i log2(e)
     self_i = tl.load(self_key_ptr + rows64, mask=row_mask, other=-1) if HAS_SELF else rows
     key_i = _column_keys(rows, period, PERIODIC)
-    zi = _load_tile(z_ptr, rows64, row_mask, stride_zn, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+    zi = _load_tile(z_ptr, rows64, row_mask, stride_zn, offs_d, D) if D_CHUNKS == 1 else None
 
     row_sum = tl.zeros((BLOCK,), tl.float32)
     for j_block in range(j_first, j_last):
         cols = j_block * BLOCK + tl.arange(0, BLOCK)
         col_mask = cols < N
         cols64 = cols.to(tl.int64)
-        zj = _load_tile(z_ptr, cols64, col_mask, stride_zn, offs_d, D, stride_d) if D_CHUNKS == 1 else None
+        zj = _load_tile(z_ptr, cols64, col_mask, stride_zn, offs_d, D) if D_CHUNKS == 1 else None
         dots = _tile_dots(zi, z_ptr, rows64, row_mask, stride_zn, zj, z_ptr, cols64, col_mask, stride_zn,
-                          stride_d, D, BLOCK_D, D_CHUNKS, PRECISION)
+                          D, BLOCK_D, D_CHUNKS, PRECISION)
         col_norm = tl.load(col_scale_ptr + cols64, mask=col_mask, other=0.0)
         e = tl.exp2(dots * row_scale[:, None] * col_norm[None, :] - shift2)  # symmetric in (i, j)
         keep_row = col_mask[None, :]  # entry (i, j) counts for row i
@@ -409,16 +422,16 @@ def _sym_lse_fwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, shift
     tl.atomic_add(sum_ptr + rows64, row_sum, mask=row_mask & (j_first < j_last), sem="relaxed")
 
 
-@triton.autotune(configs=_sym_configs(_zero_accumulators("acc_ptr", "b_ptr")), key=_SYM_KEY)
+@triton.autotune(configs=_sym_configs(_SYM_BWD_CONFIGS, _zero_accumulators("acc_ptr", "b_ptr")), key=_SYM_KEY)
 @triton.jit
-def _sym_lse_bwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, col_weight_ptr, self_key_ptr, lse2_ptr,
+def _sym_lse_bwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, lse2_ptr,
                         g_ptr, acc_ptr, b_ptr,
-                        N, D, stride_zn, stride_d, stride_acc, period, targets,
+                        N, D, stride_zn, stride_acc, period, targets,
                         HAS_SELF: tl.constexpr, PERIODIC: tl.constexpr, BLOCK_D: tl.constexpr,
                         D_CHUNKS: tl.constexpr, PRECISION: tl.constexpr, BLOCK: tl.constexpr):
-    """With H~_ij = g~_i P_ij + g~_j P_ji (g~ = g / max|g|) and w = r / max r, accumulate
-    A'_i = sum_j H~_ij w_j z_j (this program's D chunk) and B_i = sum_j H~_ij r_j d_ij over the
-    upper-triangle tiles, the transposed contribution of off-diagonal tiles going to rows J."""
+    """With H~_ij = g~_i P_ij + g~_j P_ji (g~ = g / max|g|), accumulate A'_i = sum_j H~_ij r_j z_j
+    (this program's D chunk) and B_i = sum_j H~_ij r_j d_ij over the upper-triangle tiles, the
+    transposed contribution of off-diagonal tiles going to rows J."""
     j_first, j_last = _upper_tile_range(N, targets, BLOCK)
     i_block = tl.program_id(0)
     first_chunk = tl.program_id(2) == 0
@@ -431,17 +444,17 @@ def _sym_lse_bwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, col_weight_ptr, sel
 
     row_scale = tl.load(row_scale_ptr + rows64, mask=row_mask, other=0.0)
     row_norm = tl.load(col_scale_ptr + rows64, mask=row_mask, other=0.0)
-    row_weight = tl.load(col_weight_ptr + rows64, mask=row_mask, other=0.0)
     lse2_i = tl.load(lse2_ptr + rows64, mask=row_mask, other=float("inf"))
     g_i = tl.load(g_ptr + rows64, mask=row_mask, other=0.0)
     self_i = tl.load(self_key_ptr + rows64, mask=row_mask, other=-1) if HAS_SELF else rows
     key_i = _column_keys(rows, period, PERIODIC)
     if D_CHUNKS == 1:
-        zi = _load_tile(z_ptr, rows64, row_mask, stride_zn, offs_d, D, stride_d)
+        zi = _load_tile(z_ptr, rows64, row_mask, stride_zn, offs_d, D)
         zi_chunk = zi
     else:
         zi = None
-        zi_chunk = _load_tile(z_ptr, rows64, row_mask, stride_zn, chunk_d, D, stride_d)
+        zi_chunk = _load_tile(z_ptr, rows64, row_mask, stride_zn, chunk_d, D)
+    zi_unit = (zi_chunk.to(tl.float32) * row_norm[:, None]).to(z_ptr.dtype.element_ty)  # MMA operand
 
     acc_i = tl.zeros((BLOCK, BLOCK_D), tl.float32)
     b_i = tl.zeros((BLOCK,), tl.float32)
@@ -450,15 +463,14 @@ def _sym_lse_bwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, col_weight_ptr, sel
         col_mask = cols < N
         cols64 = cols.to(tl.int64)
         if D_CHUNKS == 1:
-            zj = _load_tile(z_ptr, cols64, col_mask, stride_zn, offs_d, D, stride_d)
+            zj = _load_tile(z_ptr, cols64, col_mask, stride_zn, offs_d, D)
             zj_chunk = zj
         else:
             zj = None
-            zj_chunk = _load_tile(z_ptr, cols64, col_mask, stride_zn, chunk_d, D, stride_d)
+            zj_chunk = _load_tile(z_ptr, cols64, col_mask, stride_zn, chunk_d, D)
         dots = _tile_dots(zi, z_ptr, rows64, row_mask, stride_zn, zj, z_ptr, cols64, col_mask, stride_zn,
-                          stride_d, D, BLOCK_D, D_CHUNKS, PRECISION)
+                          D, BLOCK_D, D_CHUNKS, PRECISION)
         col_norm = tl.load(col_scale_ptr + cols64, mask=col_mask, other=0.0)
-        col_weight = tl.load(col_weight_ptr + cols64, mask=col_mask, other=0.0)
         lse2_j = tl.load(lse2_ptr + cols64, mask=col_mask, other=float("inf"))
         g_j = tl.load(g_ptr + cols64, mask=col_mask, other=0.0)
         keep_row = row_mask[:, None] & col_mask[None, :]
@@ -472,10 +484,10 @@ def _sym_lse_bwd_kernel(z_ptr, row_scale_ptr, col_scale_ptr, col_weight_ptr, sel
         h += tl.where(keep_col, tl.exp2(logits - lse2_j[None, :]), 0.0) * g_j[None, :]
         hd = h * dots
         b_i += tl.sum(hd * col_norm[None, :], axis=1)
-        acc_i = tl.dot((h * col_weight[None, :]).to(zj_chunk.dtype), zj_chunk, acc_i, input_precision=PRECISION)
+        zj_unit = (zj_chunk.to(tl.float32) * col_norm[:, None]).to(z_ptr.dtype.element_ty)
+        acc_i = tl.dot(h.to(zj_unit.dtype), zj_unit, acc_i, input_precision=PRECISION)
         if j_block != i_block:
-            acc_j = tl.dot(tl.trans((h * row_weight[:, None]).to(zi_chunk.dtype)), zi_chunk,
-                           input_precision=PRECISION)
+            acc_j = tl.dot(tl.trans(h.to(zi_unit.dtype)), zi_unit, input_precision=PRECISION)
             acc_ptrs = acc_ptr + cols64[:, None] * stride_acc + chunk_d[None, :]
             tl.atomic_add(acc_ptrs, acc_j, mask=col_mask[:, None] & chunk_mask[None, :], sem="relaxed")
             b_j = tl.sum(hd * row_norm[:, None], axis=0)

@@ -174,9 +174,9 @@ def _self_keys(self_index, exclude_period):
     -1 for rows that exclude nothing."""
     if self_index is None:
         return None
-    if exclude_period == 0:
-        return self_index.contiguous()
-    return torch.where(self_index >= 0, torch.remainder(self_index, exclude_period), -1).contiguous()
+    keys = self_index if exclude_period == 0 else torch.where(
+        self_index >= 0, torch.remainder(self_index, exclude_period), -1)
+    return keys.to(torch.int32).contiguous()  # int32 compares keep the (BLOCK_M, BLOCK_N) masks cheap
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -237,13 +237,13 @@ def _triton_forward(q, k, scale, self_index, exclude_period, normalize, determin
         target = _programs_target(q.device)
         kern._sym_lse_fwd_kernel[_symmetric_grid(t.num_rows, target, 1)](
             t.q, t.row_scale, t.r, self_key, shift2, sums,
-            t.num_rows, t.dim, t.q.stride(0), 1, t.period, target, **t.flags())
+            t.num_rows, t.dim, t.q.stride(0), t.period, target, **t.flags())
         lse = (shift2 + torch.log2(sums)) * LN2
         redo = (sums < t.num_keys * UNDERFLOW_GUARD).to(torch.int8)
     kern._lse_fwd_kernel[rows_grid](
         t.q, t.k, t.row_scale, t.rho if normalize else t.any_vector(), self_key, lse,
         redo if redo is not None else t.any_vector(),
-        t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), 1, t.period,
+        t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), t.period,
         HAS_COL_SCALE=normalize, ONLY_FLAGGED=redo is not None, **t.flags())
     return lse
 
@@ -272,16 +272,15 @@ def _triton_backward(grad, lse, q, k, scale, self_index, exclude_period, normali
 
     if uses_symmetric_path(k, scale, normalize, deterministic):
         g_max = g.abs().amax().clamp_min(tiny)
-        r_max = t.r.amax()
         acc = torch.empty(t.num_rows, t.dim, dtype=torch.float32, device=q.device)  # zeroed by the pre_hook
         b = torch.empty(t.num_rows, dtype=torch.float32, device=q.device)
         target = _programs_target(q.device)
         kern._sym_lse_bwd_kernel[_symmetric_grid(t.num_rows, target, t.d_chunks)](
-            t.q, t.row_scale, t.r, (t.r / r_max).contiguous(), self_key, lse2, (g / g_max).contiguous(), acc, b,
-            t.num_rows, t.dim, t.q.stride(0), 1, acc.stride(0), t.period, target, **t.flags())
+            t.q, t.row_scale, t.r, self_key, lse2, (g / g_max).contiguous(), acc, b,
+            t.num_rows, t.dim, t.q.stride(0), acc.stride(0), t.period, target, **t.flags())
         a = scale.float()
         if needs_q:
-            dz = (a * g_max * r_max * t.r)[:, None] * acc - (a * g_max * t.r * t.n * b)[:, None] * t.q.float()
+            dz = (a * g_max * t.r)[:, None] * (acc - (t.n * b)[:, None] * t.q.float())
             dq = dz.to(q.dtype)
         if needs_scale:
             dscale = (0.5 * g_max * (t.r * b).sum()).to(scale.dtype)
@@ -297,31 +296,29 @@ def _triton_backward(grad, lse, q, k, scale, self_index, exclude_period, normali
     dq_buf = torch.empty(t.num_rows, t.dim, dtype=out_dtype, device=q.device) if needs_q else None
     da_rows = torch.empty(t.num_rows, dtype=torch.float32, device=q.device) if needs_scale else None
     if need_rows:
-        gar = g * t.a if not normalize else g * t.a * t.r
         if normalize:
-            rho_max = t.rho.amax()
-            col_weight = (t.rho / rho_max).contiguous()
-            dq_coef, dq_norm_coef, da_coef = gar * rho_max, gar * t.n, g * t.r
+            gar = g * t.a * t.r
+            dq_coef, dq_norm_coef, da_coef = gar, gar * t.n, g * t.r
         else:
-            col_weight = t.any_vector()
-            dq_coef, dq_norm_coef, da_coef = gar, t.any_vector(), g
+            dq_coef, dq_norm_coef, da_coef = g * t.a, t.any_vector(), g
         kern._lse_bwd_rows_kernel[rows_grid](
-            t.q, t.k, t.row_scale, t.rho if normalize else t.any_vector(), col_weight, self_key, lse2,
+            t.q, t.k, t.row_scale, t.rho if normalize else t.any_vector(), self_key, lse2,
             dq_coef.contiguous(), dq_norm_coef.contiguous(), da_coef.contiguous(),
             dq_buf if dq_buf is not None else t.any_vector(), da_rows if da_rows is not None else t.any_vector(),
-            t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), 1,
+            t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0),
             dq_buf.stride(0) if dq_buf is not None else 0, t.period,
             NORMALIZED=normalize, WRITE_DQ=needs_q, WRITE_DA=needs_scale, **t.flags())
     if need_cols:
-        u = g * t.a if not normalize else g * t.a * t.r  # u_i = g_i a_i r_i
-        u_max = u.abs().amax().clamp_min(tiny)
-        dk_coef = (t.rho * u_max) if normalize else u_max.expand(t.num_keys)
-        dk_norm_coef = (t.rho * t.m * u_max) if normalize else t.any_vector()
+        ga = g * t.a
+        ga_max = ga.abs().amax().clamp_min(tiny)
+        dk_coef = (t.rho * ga_max) if normalize else ga_max.expand(t.num_keys)
+        dk_norm_coef = (dk_coef * t.m) if normalize else t.any_vector()
         dk_buf = dq_buf if symmetric_z else torch.empty(t.num_keys, t.dim, dtype=k.dtype, device=k.device)
         kern._lse_bwd_cols_kernel[cols_grid](
-            t.q, t.k, t.row_scale, t.rho if normalize else t.any_vector(), (u / u_max).contiguous(), self_key,
+            t.q, t.k, t.row_scale, t.r if normalize else t.any_vector(), t.rho if normalize else t.any_vector(),
+            (ga / ga_max).contiguous(), self_key,
             lse2, dk_coef.contiguous(), dk_norm_coef.contiguous(), dk_buf,
-            t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), 1, dk_buf.stride(0), t.period,
+            t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), dk_buf.stride(0), t.period,
             NORMALIZED=normalize, ACCUMULATE=symmetric_z, **t.flags())
         if not symmetric_z:
             dk = dk_buf
@@ -374,18 +371,17 @@ def _similarity_lse_backward_op(grad: torch.Tensor, lse: torch.Tensor, q: torch.
         dk = None if dk is None else dk.to(k.dtype)
         if dscale is not None:
             dscale = (dscale.sum() if scale.dim() == 0 else dscale).to(scale.dtype)
-    empty = q.new_empty(0)
-    return (empty if dq is None else dq, empty if dk is None else dk,
-            empty.to(scale.dtype) if dscale is None else dscale)
+    def or_empty(t, dtype):  # outputs must not alias each other: one fresh empty tensor each
+        return q.new_empty(0, dtype=dtype) if t is None else t
+    return or_empty(dq, q.dtype), or_empty(dk, q.dtype), or_empty(dscale, scale.dtype)
 
 
 @_similarity_lse_backward_op.register_fake
 def _(grad, lse, q, k, scale, self_index, exclude_period, normalize, deterministic, backend, needs_q, needs_k,
       needs_scale):
-    empty = q.new_empty(0)
-    return (torch.empty_like(q) if needs_q else empty,
-            torch.empty_like(k) if (needs_k and k is not None) else empty,
-            torch.empty_like(scale) if needs_scale else empty.to(scale.dtype))
+    return (torch.empty_like(q) if needs_q else q.new_empty(0),
+            torch.empty_like(k) if (needs_k and k is not None) else q.new_empty(0),
+            torch.empty_like(scale) if needs_scale else q.new_empty(0, dtype=scale.dtype))
 
 
 def _setup_context(ctx, inputs, output):
