@@ -63,6 +63,8 @@ one dot tile and two tensor-core products per upper tile (about 3 N^2 D FLOPs in
 column-side products added with atomics. Atomics make this path order-dependent: with
 deterministic=True (or torch.use_deterministic_algorithms) the host takes the general path.
 Long rows of upper tiles are split over a second grid axis so that small N still fills the GPU.
+The symmetric backward keeps two accumulators and both operand tiles live, so it runs 64 x 64 tiles
+(ptxas spills at 128 x 128); every other kernel runs BLOCK_M = 128 (see the config lists).
 
 Numerics
 --------
@@ -118,9 +120,10 @@ def _configs(params, gpu, interpreter, pre_hook=None):
                                make(interpreter))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Only configs that ptxas (sm_90) compiles without
-# register spills are listed; the backward keeps a (BLOCK, BLOCK_D) fp32 accumulator next to the
-# recomputed tile, which is why its second block dimension is small.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Listed: configs that ptxas compiles for sm_90 without
+# register spills at D = 64 and 128 in fp16 (bf16/fp32 and D = 256 spill at most ~150 B/thread in
+# some of them; the autotuner weighs that). The backward keeps a (BLOCK, BLOCK_D) fp32 accumulator
+# next to the recomputed tile, which is why its second block dimension is small.
 _FWD_CONFIGS = [(128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)]
 _BWD_ROWS_CONFIGS = [(128, 32, 8, 3), (128, 32, 8, 4), (128, 64, 8, 2), (128, 64, 8, 3)]
 _BWD_COLS_CONFIGS = [(32, 128, 8, 3), (32, 128, 8, 4)]
