@@ -238,6 +238,28 @@ def test_use_deterministic_algorithms_is_honoured(monkeypatch):
     assert seen == [True, False]
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("which", ["q", "k", "scale"])
+def test_only_some_inputs_require_grad(which, symmetric):
+    """MoCo's queue (k) or a fixed temperature need no gradient: the backward skips their pass and
+    still returns the right gradients for the others."""
+    if symmetric and which == "k":
+        pytest.skip("k is q")
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(40, 24, generator=g).to(DEVICE)
+    k = None if symmetric else torch.randn(50, 24, generator=g).to(DEVICE)
+    a = torch.tensor(4.0, device=DEVICE)
+    idx = torch.arange(40, device=DEVICE)
+    upstream = torch.randn(40, generator=g).to(DEVICE)
+    grads = {}
+    for backend in ("triton", "reference"):
+        inputs = {"q": q.clone(), "k": None if k is None else k.clone(), "scale": a.clone()}
+        inputs[which].requires_grad_()
+        lse = similarity_lse(inputs["q"], inputs["k"], inputs["scale"], idx, normalize=True, backend=backend)
+        grads[backend] = torch.autograd.grad(lse, inputs[which], upstream)[0]
+    torch.testing.assert_close(grads["triton"], grads["reference"], rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # hypothesis: shapes, temperatures, paths
 # ---------------------------------------------------------------------------------------------

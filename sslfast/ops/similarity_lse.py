@@ -143,6 +143,14 @@ def _kernels():
     return kernels
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
 @functools.lru_cache(maxsize=None)
 def _programs_target(device: torch.device) -> int:
     """How many programs the symmetric kernels aim to launch: 4 per SM (2 under the interpreter,
@@ -157,11 +165,7 @@ def _block_d(dim: int, backward: bool) -> int:
     at most 128 in the backward, whose fp32 (BLOCK_M, BLOCK_D) accumulator lives in registers.
     64 under the interpreter so that small tests cover chunked D."""
     cap = 64 if dispatch.triton_interpreter() else (128 if backward else 256)
-    return min(max(16, triton_next_power_of_2(dim)), cap)
-
-
-def triton_next_power_of_2(n: int) -> int:
-    return 1 << (max(1, n) - 1).bit_length()
+    return min(max(16, _next_power_of_2(dim)), cap)
 
 
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -201,7 +205,6 @@ class _TritonInputs:
         self.num_rows, self.dim = self.q.shape
         self.num_keys = self.k.shape[0]
         self.a = scale.float().expand(self.num_rows)
-        self.normalize = normalize
         if normalize:
             self.r, self.n = _inverse_norms(self.q, torch.float32)
             self.rho, self.m = (self.r, self.n) if k is None else _inverse_norms(self.k, torch.float32)
@@ -212,7 +215,7 @@ class _TritonInputs:
         self.self_key = _self_keys(self_index, exclude_period)
         self.period = exclude_period
         self.block_d = _block_d(self.dim, backward)
-        self.d_chunks = triton_cdiv(self.dim, self.block_d)
+        self.d_chunks = _cdiv(self.dim, self.block_d)
         self.precision = _precision(self.q.dtype, self.q.device)
 
     def flags(self):
@@ -229,7 +232,7 @@ def _triton_forward(q, k, scale, self_index, exclude_period, normalize, determin
     t = _TritonInputs(q, k, scale, self_index, exclude_period, normalize, backward=False)
     self_key = t.self_key if t.self_key is not None else t.any_vector()
     lse = torch.empty(t.num_rows, dtype=torch.float32, device=q.device)
-    rows_grid = lambda meta: (triton_cdiv(t.num_rows, meta["BLOCK_M"]),)  # noqa: E731
+    rows_grid = lambda meta: (_cdiv(t.num_rows, meta["BLOCK_M"]),)  # noqa: E731
     redo = None
     if uses_symmetric_path(k, scale, normalize, deterministic):
         sums = torch.empty(t.num_rows, dtype=torch.float32, device=q.device)  # zeroed by the pre_hook
@@ -248,14 +251,10 @@ def _triton_forward(q, k, scale, self_index, exclude_period, normalize, determin
     return lse
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _symmetric_grid(n: int, target: int, d_chunks: int):
     def grid(meta):
-        n_blocks = triton_cdiv(n, meta["BLOCK"])
-        splits = min(max(triton_cdiv(target, n_blocks), 1), n_blocks)
+        n_blocks = _cdiv(n, meta["BLOCK"])
+        splits = min(max(_cdiv(target, n_blocks), 1), n_blocks)
         return (n_blocks, splits, d_chunks)
     return grid
 
@@ -286,8 +285,8 @@ def _triton_backward(grad, lse, q, k, scale, self_index, exclude_period, normali
             dscale = (0.5 * g_max * (t.r * b).sum()).to(scale.dtype)
         return dq, dk, dscale
 
-    rows_grid = lambda meta: (triton_cdiv(t.num_rows, meta["BLOCK_M"]), t.d_chunks)  # noqa: E731
-    cols_grid = lambda meta: (triton_cdiv(t.num_keys, meta["BLOCK_N"]), t.d_chunks)  # noqa: E731
+    rows_grid = lambda meta: (_cdiv(t.num_rows, meta["BLOCK_M"]), t.d_chunks)  # noqa: E731
+    cols_grid = lambda meta: (_cdiv(t.num_keys, meta["BLOCK_N"]), t.d_chunks)  # noqa: E731
     symmetric_z = k is None
     need_rows = needs_q or needs_scale
     need_cols = needs_k or (symmetric_z and needs_q)
