@@ -25,8 +25,10 @@ work whatever the provider actually executes, so that the TFLOP/s of two provide
 their speeds. On a GPU the script first measures the device's bf16 matmul rate (8192^3) and
 reports each TFLOP/s as a fraction of it.
 
-Run as is on an H100/H200 (`python benchmarks/bench_contrastive.py`): cases a provider cannot hold
-in memory, or whose predicted time exceeds --max-seconds, are recorded as skipped with the reason.
+Run as is on an H100/H200 (`python benchmarks/bench_contrastive.py`, bf16 and D = 128 first): cases
+a provider cannot hold in memory, whose predicted time exceeds --max-seconds, or that would start
+after --budget-seconds (420 s, so that one 10-minute device call suffices) are recorded as skipped
+with the reason.
 Results go to benchmarks/results/bench_contrastive-<device>.{json,csv}.
 """
 from __future__ import annotations
@@ -221,12 +223,17 @@ def run(args) -> Results:
         print(f"measured bf16 matmul rate: {matmul_rate:.0f} TFLOP/s")
         results.add(Row("matmul", "torch", "fwd", "8192x8192x8192", "bfloat16", "tflops", matmul_rate))
     last_ms: dict = {}
+    started = time.perf_counter()
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         itemsize = torch.empty(0, dtype=dtype).element_size()
         for d in args.dims:
             for m in args.sizes:
                 n, shape = m // 2, f"2N={m},D={d}"
+                if time.perf_counter() - started > args.budget_seconds:
+                    for provider in args.providers:
+                        _skip(results, provider, shape, dtype_name, f"the run's {args.budget_seconds:.0f} s budget is spent")
+                    continue
                 g = torch.Generator(device="cpu").manual_seed(0)
                 z0 = torch.randn(n, d, generator=g).to(device, dtype).requires_grad_()
                 z1 = torch.randn(n, d, generator=g).to(device, dtype).requires_grad_()
@@ -304,6 +311,9 @@ def parse_args(argv=None):
     p.add_argument("--providers", nargs="+", default=list(PROVIDERS if cuda else CPU_PROVIDERS), choices=PROVIDERS)
     p.add_argument("--max-seconds", type=float, default=2.0 if cuda else 60.0,
                    help="skip a case whose predicted time per step exceeds this")
+    p.add_argument("--budget-seconds", type=float, default=420.0,
+                   help="start no new case after this many seconds (one device call is limited to 10 min); "
+                        "cases run in order of importance: first dtype, first D, growing 2N")
     p.add_argument("--rounds", type=int, default=7, help="CPU: interleaved timing rounds")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads. Default 1: on cores shared with other jobs, two OpenMP threads stall "
