@@ -141,7 +141,8 @@ def _sym_configs(table, pre_hook):
     return _configs(("BLOCK",), table, (_INTERPRETER_TILE,), pre_hook)
 
 
-_KEY = ["Nq", "Nk", "D", "BLOCK_D"]
+# Autotune keys: the sizes, plus the constexpr flags that change how much work a launch does.
+_SHAPE_KEY = ["Nq", "Nk", "D", "BLOCK_D"]
 _SYM_KEY = ["N", "D", "BLOCK_D"]
 
 
@@ -185,7 +186,7 @@ def _column_keys(cols, period, PERIODIC: tl.constexpr):
 # --------------------------------------------------------------------------------------------
 # general forward: online log-sum-exp over the columns
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_row_configs(_FWD_CONFIGS), key=_KEY)
+@triton.autotune(configs=_row_configs(_FWD_CONFIGS), key=_SHAPE_KEY + ["HAS_COL_SCALE", "ONLY_FLAGGED"])
 @triton.jit
 def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, lse_ptr, redo_ptr,
                     Nq, Nk, D, stride_qm, stride_kn, period,
@@ -237,7 +238,7 @@ def _lse_fwd_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr, ls
 # --------------------------------------------------------------------------------------------
 # general backward, rows: dq and da (no atomics)
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_row_configs(_BWD_ROWS_CONFIGS), key=_KEY)
+@triton.autotune(configs=_row_configs(_BWD_ROWS_CONFIGS), key=_SHAPE_KEY + ["NORMALIZED", "WRITE_DQ"])
 @triton.jit
 def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_ptr,
                          lse2_ptr, dq_coef_ptr, dq_norm_coef_ptr, da_coef_ptr, dq_ptr, da_ptr,
@@ -301,7 +302,10 @@ def _lse_bwd_rows_kernel(q_ptr, k_ptr, row_scale_ptr, col_scale_ptr, self_key_pt
 # --------------------------------------------------------------------------------------------
 # general backward, columns: dk (a second pass instead of atomics, see the module docstring)
 # --------------------------------------------------------------------------------------------
-@triton.autotune(configs=_row_configs(_BWD_COLS_CONFIGS), key=_KEY)
+# restore_value: with ACCUMULATE the kernel adds into dk, so the autotuner's benchmark runs must
+# not leave their sums behind.
+@triton.autotune(configs=_row_configs(_BWD_COLS_CONFIGS), key=_SHAPE_KEY + ["NORMALIZED", "ACCUMULATE"],
+                 restore_value=["dk_ptr"])
 @triton.jit
 def _lse_bwd_cols_kernel(q_ptr, k_ptr, row_scale_ptr, row_norm_ptr, col_scale_ptr, row_weight_ptr, self_key_ptr,
                          lse2_ptr, dk_coef_ptr, dk_norm_coef_ptr, dk_ptr,
