@@ -55,7 +55,7 @@ def _case(nq, nk, d, dtype, *, seed, symmetric, per_row, period, self_mode="rand
     if self_mode == "none":
         self_index = None
     elif self_mode == "diagonal":
-        self_index = torch.arange(nq, device=DEVICE)
+        self_index = torch.arange(nq, device=DEVICE) % num_keys
     else:
         self_index = torch.randint(-1, num_keys, (nq,), generator=g).to(DEVICE)
     if per_row:
@@ -297,15 +297,16 @@ def test_autotuner_benchmark_runs_leave_no_trace(monkeypatch):
     nq=st.integers(1, 80), nk=st.integers(2, 80), d=st.integers(1, 72),
     temperature=st.floats(0.01, 2.0), normalize=st.booleans(), symmetric=st.booleans(), per_row=st.booleans(),
     period=st.sampled_from([0, 2, 3]), self_mode=st.sampled_from(["random", "diagonal", "none"]),
-    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 2**31 - 1),
 )
-def test_hypothesis_matches_reference(nq, nk, d, temperature, normalize, symmetric, per_row, period, self_mode, seed):
+def test_hypothesis_matches_reference(nq, nk, d, temperature, normalize, symmetric, per_row, period, self_mode, dtype,
+                                      seed):
     if self_mode == "none":
         period = 0
     if symmetric and nq == 1 and self_mode != "none":
         nq = 2
     scale = 1.0 / temperature if normalize else min(1.0 / temperature, 4.0)  # raw dots are O(sqrt(d))
-    _check(nq, nk, d, torch.float32, normalize=normalize, symmetric=symmetric, per_row=per_row, period=period,
+    _check(nq, nk, d, dtype, normalize=normalize, symmetric=symmetric, per_row=per_row, period=period,
            self_mode=self_mode, seed=seed, scale=scale)
 
 
