@@ -176,6 +176,28 @@ def test_symmetric_path_chunked_feature_dim():
     _check(70, 70, d, torch.float32, normalize=True, symmetric=True, per_row=False, self_mode="diagonal")
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_zero_rows_follow_f_normalize(symmetric):
+    """A zero embedding is normalised to 0 (F.normalize divides by max(||x||, 1e-12)), and its
+    gradient is F.normalize's 1e12-scaled one: finite, no NaN, the other rows unaffected."""
+    q, k, a, self_index, _, upstream = _case(40, 50, 16, torch.float32, seed=2, symmetric=symmetric, per_row=False,
+                                             period=0, self_mode="diagonal")
+    q[3] = 0.0
+    if k is not None:
+        k[7] = 0.0
+    got = _run(q, k, a, self_index, 0, True, upstream)
+    want = _oracle(q, k, a, self_index, 0, True, upstream)
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
+    zero_rows = [3] if k is None else [3, 7]  # row 3 of dq; row 7 of dk
+    for g, gw, zero_row in zip(got[1], want[1], zero_rows):
+        assert torch.isfinite(g).all()
+        rest = torch.ones(g.shape[0], dtype=torch.bool)
+        rest[zero_row] = False
+        for part in (rest, ~rest):  # the 1e12-scaled row and the others, each against its own size
+            err = (g[part].double() - gw[part]).abs().max() / gw[part].abs().max().clamp_min(1e-3)
+            assert err < 5e-5, (zero_row, part.sum().item(), err.item())
+
+
 def test_single_row_everything_excluded_gives_minus_inf_and_zero_gradients():
     z = torch.randn(1, 8, device=DEVICE, requires_grad=True)
     a = torch.tensor(3.0, device=DEVICE, requires_grad=True)
