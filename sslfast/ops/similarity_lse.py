@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import dispatch
-from .._validation import (check_embeddings, check_finite, check_finite_real, check_index, check_int,
+from .._validation import (check_embeddings, check_finite, check_finite_real, check_index_range, check_int,
                            check_same_dim)
 from ..reference import similarity as _reference
 
@@ -65,7 +65,7 @@ def _prepare(q, k, scale, self_index, exclude_period, normalize, deterministic):
     num_keys = q.shape[0] if k is None else k.shape[0]
     exclude_period = check_int("exclude_period", exclude_period, minimum=0)
     if self_index is not None:
-        self_index = check_index("self_index", self_index, length=q.shape[0], device=q.device, low=-1,
+        self_index = check_index_range("self_index", self_index, length=q.shape[0], device=q.device, low=-1,
                                  high=num_keys)
     elif exclude_period:
         raise ValueError(f"exclude_period={exclude_period} needs self_index (the column of each row's own "
