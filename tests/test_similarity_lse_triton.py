@@ -546,3 +546,42 @@ def test_kernels_compile_for_sm90():
     if out.returncode != 0 and ("ptxas" in out.stderr and "not found" in out.stderr):
         pytest.skip("ptxas is not available")
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the losses of sslfast.losses on the Triton backend
+# ---------------------------------------------------------------------------------------------
+def _loss_cases():
+    from sslfast import losses as L
+
+    return {
+        "ntxent": (lambda b: L.NTXentLoss(0.3, backend=b), 2),
+        "ntxent-3-views": (lambda b: L.NTXentLoss(0.3, backend=b), 3),
+        "dcl": (lambda b: L.DCLLoss(0.2, backend=b), 2),
+        "dclw": (lambda b: L.DCLWLoss(0.2, 0.7, backend=b), 2),
+        "info_nce": (lambda b: L.InfoNCELoss(0.1, symmetric=True, backend=b), 2),
+        "clip": (lambda b: L.CLIPLoss(0.05, backend=b), 2),
+        "moco": (lambda b: L.MoCoLoss(temperature=0.2, queue_size=48, dim=20, backend=b), 2),
+        "isogclr": (lambda b: L.ISogCLRLoss(num_samples=64, backend=b), 2),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_loss_cases()))
+def test_every_contrastive_loss_matches_on_the_triton_backend(name):
+    """Each loss module (its own exclusion pattern, views, per-row temperatures, queue or learnable
+    scale) gives the reference backend's value and gradients on the Triton kernels."""
+    make, num_views = _loss_cases()[name]
+    g = torch.Generator().manual_seed(3)
+    views = [torch.randn(37, 20, generator=g).to(DEVICE) for _ in range(num_views)]
+    results = {}
+    for backend in ("reference", "triton"):
+        torch.manual_seed(0)  # identical initial state (MoCo's queue, iSogCLR's temperatures)
+        loss_fn = make(backend).to(DEVICE)
+        inputs = [v.clone().requires_grad_() for v in views]
+        extra = (torch.arange(37, device=DEVICE),) if name == "isogclr" else ()
+        loss = loss_fn(*inputs, *extra)
+        params = [p for p in loss_fn.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, inputs + params, torch.tensor(1.7, device=DEVICE))
+        results[backend] = (loss.detach(),) + grads
+    for got, want in zip(results["triton"], results["reference"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
