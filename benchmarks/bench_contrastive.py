@@ -1,9 +1,10 @@
 """NT-Xent forward + backward, every provider side by side in one run (issue 8's benchmark).
 
 Providers
-    sslfast-triton     similarity_lse(z, None, 1/T, arange, normalize=True) on the fused Triton
-                       kernels (symmetric upper-triangle path), positives in torch
-    sslfast-reference  the same loss on the chunked pure-PyTorch reference backend
+    sslfast-triton     sslfast.losses.NTXentLoss(T, backend="triton"): similarity_lse(z, None, 1/T,
+                       arange, normalize=True) on the fused Triton kernels (the symmetric
+                       upper-triangle path), positives in O(N D) torch
+    sslfast-reference  the same module with backend="reference" (chunked pure PyTorch)
     torch-eager        normalize, matmul, mask the diagonal, cross_entropy (the naive loss)
     torch-compile      torch.compile of torch-eager
     lightly            lightly.loss.NTXentLoss (if lightly is installed)
@@ -47,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import Results, Row, peak_cuda_memory, time_ms  # noqa: E402
 
-from sslfast.ops.similarity_lse import similarity_lse  # noqa: E402
+from sslfast.losses import NTXentLoss  # noqa: E402
 
 OP = "ntxent"
 TEMPERATURE = 0.1
@@ -61,17 +62,6 @@ CPU_PROVIDERS = ("sslfast-reference", "torch-eager", "torch-compile", "lightly")
 # ---------------------------------------------------------------------------------------------
 # the losses
 # ---------------------------------------------------------------------------------------------
-def ntxent_sslfast(z0, z1, backend):
-    """NT-Xent on the op: lse over the other 2N - 1 rows minus the positive logit, mean over 2N."""
-    n = z0.shape[0]
-    z = torch.cat([z0, z1])
-    idx = torch.arange(2 * n, device=z.device)
-    lse = similarity_lse(z, None, 1.0 / TEMPERATURE, idx, normalize=True, backend=backend)
-    zn = F.normalize(z.float(), dim=1)
-    positives = (zn[:n] * zn[n:]).sum(1) / TEMPERATURE
-    return (lse - positives.repeat(2)).mean()
-
-
 def ntxent_eager(z0, z1, diagonal, labels):
     """The naive NT-Xent: a (2N, 2N) logit matrix, the diagonal masked, cross_entropy."""
     z = F.normalize(torch.cat([z0, z1]), dim=1)
@@ -94,9 +84,9 @@ def make_loss(provider, n, d, dtype, device):
     if provider == "sslfast-triton":
         if device.type != "cuda":
             return None, "the Triton backend runs on CUDA (the CPU interpreter is a test tool)"
-        return (lambda z0, z1: ntxent_sslfast(z0, z1, "triton")), 8 * m * d * 4
+        return NTXentLoss(TEMPERATURE, backend="triton"), 8 * m * d * 4
     if provider == "sslfast-reference":
-        return (lambda z0, z1: ntxent_sslfast(z0, z1, "reference")), 3 * (1 << 24) * 4 + 8 * m * d * 4
+        return NTXentLoss(TEMPERATURE, backend="reference"), 3 * (1 << 24) * 4 + 8 * m * d * 4
     naive_bytes = m * m * (3 * itemsize + 4 + 1)  # logits, softmax, grad, fp32 temporaries, mask
     if provider == "torch-eager":
         diagonal, labels = _eager_constants(n, device)
