@@ -97,10 +97,10 @@ def make_loss(provider, n, d, dtype, device):
         return (lambda z0, z1: compiled(z0, z1, diagonal, labels)), naive_bytes
     if provider == "lightly":
         try:
-            from lightly.loss import NTXentLoss
+            from lightly.loss import NTXentLoss as LightlyNTXentLoss
         except ImportError as exc:
             return None, f"lightly not importable ({exc}); pip install lightly"
-        loss = NTXentLoss(temperature=TEMPERATURE)
+        loss = LightlyNTXentLoss(temperature=TEMPERATURE)
         return (lambda z0, z1: loss(z0, z1)), naive_bytes
     if provider == "inf-cl":
         if device.type != "cuda":
