@@ -287,11 +287,11 @@ def _triton_backward(grad, lse, q, k, scale, self_index, exclude_period, normali
 
     rows_grid = lambda meta: (_cdiv(t.num_rows, meta["BLOCK_M"]), t.d_chunks)  # noqa: E731
     cols_grid = lambda meta: (_cdiv(t.num_keys, meta["BLOCK_N"]), t.d_chunks)  # noqa: E731
-    symmetric_z = k is None
+    k_is_q = k is None
     need_rows = needs_q or needs_scale
-    need_cols = needs_k or (symmetric_z and needs_q)
+    need_cols = needs_k or (k_is_q and needs_q)
     # k is q: dq and dk of the same rows are summed in one fp32 buffer, cast once
-    out_dtype = torch.float32 if symmetric_z else q.dtype
+    out_dtype = torch.float32 if k_is_q else q.dtype
     dq_buf = torch.empty(t.num_rows, t.dim, dtype=out_dtype, device=q.device) if needs_q else None
     da_rows = torch.empty(t.num_rows, dtype=torch.float32, device=q.device) if needs_scale else None
     if need_rows:
@@ -312,14 +312,14 @@ def _triton_backward(grad, lse, q, k, scale, self_index, exclude_period, normali
         ga_max = ga.abs().amax().clamp_min(tiny)
         dk_coef = (t.rho * ga_max) if normalize else ga_max.expand(t.num_keys)
         dk_norm_coef = (dk_coef * t.m) if normalize else t.any_vector()
-        dk_buf = dq_buf if symmetric_z else torch.empty(t.num_keys, t.dim, dtype=k.dtype, device=k.device)
+        dk_buf = dq_buf if k_is_q else torch.empty(t.num_keys, t.dim, dtype=k.dtype, device=k.device)
         kern._lse_bwd_cols_kernel[cols_grid](
             t.q, t.k, t.row_scale, t.r if normalize else t.any_vector(), t.rho if normalize else t.any_vector(),
             (ga / ga_max).contiguous(), self_key,
             lse2, dk_coef.contiguous(), dk_norm_coef.contiguous(), dk_buf,
             t.num_rows, t.num_keys, t.dim, t.q.stride(0), t.k.stride(0), dk_buf.stride(0), t.period,
-            NORMALIZED=normalize, ACCUMULATE=symmetric_z, **t.flags())
-        if not symmetric_z:
+            NORMALIZED=normalize, ACCUMULATE=k_is_q, **t.flags())
+        if not k_is_q:
             dk = dk_buf
     if needs_q:
         dq = dq_buf.to(q.dtype)
