@@ -60,6 +60,12 @@ def test_generation_is_deterministic_and_seeded(tmp_path):
     assert _digest(a) != _digest(other)
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    spec = S.SyntheticSpec(image_size=16, train_per_class=50, val_per_class=1, seed=1)  # 510 images
+    assert _digest(S.generate(spec, tmp_path / "one", workers=1)) == _digest(S.generate(spec, tmp_path / "two",
+                                                                                         workers=2))
+
+
 def test_a_finished_set_is_reused(tmp_path):
     path = S.generate(TINY, tmp_path)
     before = {p: p.stat().st_mtime_ns for p in path.rglob("*.jpg")}

@@ -44,7 +44,7 @@ from .._validation import check_int
 
 #: Class names in label order (alphabetical, the order torchvision's ImageFolder assigns).
 CLASSES = ("checker", "circle", "crescent", "cross", "dots", "ring", "square", "star", "stripes", "triangle")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MARKER = "COMPLETE.json"
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 _SPLITS = {"train": 0, "val": 1}
@@ -90,12 +90,22 @@ def default_cache_dir() -> Path:
 # Rendering
 # --------------------------------------------------------------------------------------------
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    """A random RGB colour in [0, 1] with saturation and value spread over most of their range."""
+def _palette() -> np.ndarray:
+    """Eleven colours: eight hues, white, black and grey."""
     import colorsys
 
-    h, s, v = rng.uniform(0, 1), rng.uniform(0.25, 1.0), rng.uniform(0.2, 1.0)
-    return np.array(colorsys.hsv_to_rgb(h, s, v))
+    hues = [colorsys.hsv_to_rgb(h / 8, 0.8, 0.9) for h in range(8)]
+    return np.array(hues + [(0.95, 0.95, 0.95), (0.08, 0.08, 0.08), (0.5, 0.5, 0.5)])
+
+
+PALETTE = _palette()
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A palette colour, slightly perturbed. A small palette makes colour a weak cue to tell two
+    images apart (many share their colours), so an SSL method has to look at shape and pose,
+    while colour still dominates the raw pixels (and a random encoder's features)."""
+    return np.clip(PALETTE[rng.integers(len(PALETTE))] + rng.normal(0.0, 0.03, 3), 0.0, 1.0)
 
 
 def _contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_distance: float = 0.45) -> np.ndarray:
@@ -204,11 +214,11 @@ def render(label: int, rng: np.random.Generator, image_size: int = 64) -> np.nda
             c, r = rng.uniform(0, size, 2), size * rng.uniform(0.015, 0.045)
             draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=as_rgb(_random_colour(rng)))
 
-    clutter(lines=int(rng.integers(2, 6)), specks=int(rng.integers(2, 7)))
+    clutter(lines=int(rng.integers(1, 4)), specks=int(rng.integers(1, 5)))
 
     # the object: a silhouette mask from rotated, scaled, translated polygons
-    radius = size * rng.uniform(0.2, 0.34)
-    centre = rng.uniform(0.3, 0.7, 2) * size
+    radius = size * rng.uniform(0.24, 0.38)
+    centre = rng.uniform(0.35, 0.65, 2) * size
     angle = rng.uniform(0, 2 * math.pi)
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     mask = Image.new("L", (size, size), 0)
@@ -232,7 +242,7 @@ def render(label: int, rng: np.random.Generator, image_size: int = 64) -> np.nda
         canvas.paste(as_rgb(fill), mask=mask)
 
     # a few lines over the object, then anti-aliasing by box filtering, then sensor noise
-    clutter(lines=int(rng.integers(0, 3)), specks=0)
+    clutter(lines=int(rng.integers(0, 2)), specks=0)
     small = np.asarray(canvas.reduce(_SUPERSAMPLE), np.float32) / 255
     small = small + rng.normal(0.0, rng.uniform(0.005, 0.03), small.shape)
     return (np.clip(small, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -271,8 +281,25 @@ def _remove_stale_temporaries(parent: Path, final_name: str) -> None:
             continue
 
 
+def _write_images(folder: str, split: str, label: int, start: int, stop: int, spec: SyntheticSpec) -> int:
+    """Render and save images start..stop-1 of one class of one split (a worker's task)."""
+    from PIL import Image
+
+    for index in range(start, stop):
+        pixels = render(label, _sample_rng(spec.seed, split, label, index), spec.image_size)
+        Image.fromarray(pixels).save(os.path.join(folder, f"{index:06d}.jpg"), quality=spec.jpeg_quality)
+    return stop - start
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def generate(spec: SyntheticSpec = SyntheticSpec(), root: Union[str, Path, None] = None, *,
-             progress: Optional[Callable[[int, int], None]] = None) -> Path:
+             progress: Optional[Callable[[int, int], None]] = None, workers: Optional[int] = None) -> Path:
     """Write the set described by `spec` under `root` (default: `default_cache_dir()`), unless a
     finished copy is already there, and return its folder.
 
@@ -280,21 +307,22 @@ def generate(spec: SyntheticSpec = SyntheticSpec(), root: Union[str, Path, None]
         spec: what to generate (size, images per class, seed, JPEG quality).
         root: the cache folder that holds generated sets.
         progress: called as progress(done, total) while images are written.
+        workers: processes that render in parallel (default: the CPUs this process may use;
+            the images do not depend on it; small sets are written by this process).
 
     Example:
         >>> import tempfile
         >>> from sslfast.data.synthetic import SyntheticSpec, generate
         >>> spec = SyntheticSpec(image_size=32, train_per_class=2, val_per_class=1)
-        >>> path = generate(spec, tempfile.mkdtemp())
+        >>> path = generate(spec, tempfile.mkdtemp(), workers=1)
         >>> sorted(p.name for p in path.iterdir())
         ['COMPLETE.json', 'train', 'val']
         >>> len(list((path / "train").glob("*/*.jpg")))
         20
     """
-    from PIL import Image
-
     if not isinstance(spec, SyntheticSpec):
         raise TypeError(f"spec must be a SyntheticSpec, got {type(spec).__name__}")
+    workers = _default_workers() if workers is None else check_int("workers", workers, minimum=1)
     parent = Path(root).expanduser() if root is not None else default_cache_dir()
     final = parent / spec.folder_name
     if is_complete(final, spec):
@@ -306,17 +334,28 @@ def generate(spec: SyntheticSpec = SyntheticSpec(), root: Union[str, Path, None]
     _remove_stale_temporaries(parent, spec.folder_name)
     tmp = parent / f".{spec.folder_name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        total = spec.count("train") + spec.count("val")
-        done = 0
+        tasks = []  # chunks of one class of one split, small enough to keep the workers busy
         for split in _SPLITS:
             per_class = spec.train_per_class if split == "train" else spec.val_per_class
             for label, name in enumerate(CLASSES):
                 folder = tmp / split / name
                 folder.mkdir(parents=True)
-                for index in range(per_class):
-                    pixels = render(label, _sample_rng(spec.seed, split, label, index), spec.image_size)
-                    Image.fromarray(pixels).save(folder / f"{index:06d}.jpg", quality=spec.jpeg_quality)
-                    done += 1
+                for start in range(0, per_class, 50):
+                    tasks.append((str(folder), split, label, start, min(start + 50, per_class), spec))
+        total, done = spec.count("train") + spec.count("val"), 0
+        if workers == 1 or total < 500:  # starting processes costs more than a small set
+            for task in tasks:
+                done += _write_images(*task)
+                if progress is not None:
+                    progress(done, total)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # spawn: the caller may hold threads (torch, DALI) that a fork would copy in a bad state
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for future in as_completed([pool.submit(_write_images, *task) for task in tasks]):
+                    done += future.result()
                     if progress is not None:
                         progress(done, total)
         marker = {"spec": asdict(spec), "classes": list(CLASSES), "format_version": FORMAT_VERSION,
