@@ -94,10 +94,12 @@ def test_a_concurrent_generation_that_finishes_first_wins(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_a_killed_generation_leaves_no_dataset_and_is_cleaned_up(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_generation_leaves_no_dataset_and_is_cleaned_up(tmp_path, workers):
     spec = S.SyntheticSpec(image_size=32, train_per_class=400, val_per_class=1, seed=0)
     code = (f"from sslfast.data.synthetic import SyntheticSpec, generate\n"
-            f"generate(SyntheticSpec(image_size=32, train_per_class=400, val_per_class=1, seed=0), {str(tmp_path)!r})")
+            f"generate(SyntheticSpec(image_size=32, train_per_class=400, val_per_class=1, seed=0), "
+            f"{str(tmp_path)!r}, workers={workers})")
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.time() + 120
@@ -107,15 +109,38 @@ def test_a_killed_generation_leaves_no_dataset_and_is_cleaned_up(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail("the generating process wrote no images")
+        workers_started = _children(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     final = tmp_path / spec.folder_name
     assert not final.exists() and not S.is_complete(final)
+    deadline = time.time() + 60  # the workers die with the process that started them
+    while time.time() < deadline and _alive(workers_started):
+        time.sleep(0.1)
+    assert not _alive(workers_started)
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers  # the killed run's temporary folder
     S._remove_stale_temporaries(tmp_path, spec.folder_name)
     assert not any(p.exists() for p in leftovers)
+
+
+def _children(pid):
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _alive(pids):
+    return [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]]
 
 
 def test_spec_checks():

@@ -291,6 +291,18 @@ def _write_images(folder: str, split: str, label: int, start: int, stop: int, sp
     return stop - start
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: a worker ends when the generating process is killed (Linux), instead of
+    waiting forever for tasks that will never come."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -353,7 +365,8 @@ def generate(spec: SyntheticSpec = SyntheticSpec(), root: Union[str, Path, None]
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             # spawn: the caller may hold threads (torch, DALI) that a fork would copy in a bad state
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_die_with_parent) as pool:
                 for future in as_completed([pool.submit(_write_images, *task) for task in tasks]):
                     done += future.result()
                     if progress is not None:
