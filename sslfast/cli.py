@@ -35,6 +35,8 @@ _GROUPS = {
         ("synthetic_val_per_class", "built-in held-out images per class"),
         ("crop_size", "side of the training views in pixels"),
         ("recipe", "augmentation recipe: simclr, byol or barlowtwins (default: the method's)"),
+        ("crop_min_scale", "smallest random crop, as a fraction of the image area (default: the recipe's, 0.08)"),
+        ("blur", "Gaussian blur of the recipe (default: on for crops of 96 px and more, off below)"),
         ("random_fields", "add random-field augmentation (sslfast.augment) to every view"),
         ("loader_device", "where images are decoded and augmented: gpu (DALI), cpu, auto"),
         ("loader_backend", "dali, torch (PIL + DataLoader fallback) or auto (DALI where installed)"),
@@ -105,7 +107,7 @@ def _default(f):
 def _value_type(f):
     default = _default(f)
     annotation = str(f.type)
-    if isinstance(default, bool) or annotation == "bool":
+    if isinstance(default, bool) or "bool" in annotation:
         return bool
     if "float" in annotation:
         return float

@@ -207,6 +207,19 @@ def test_a_diverging_loss_stops_with_the_step_and_the_last_good_checkpoint(cache
     assert ckpt.load(str(tmp_path / "last.pt"))["step"] == 10  # the end of epoch 1, untouched
 
 
+def test_view_recipe_applies_crop_scale_and_blur(tmp_path):
+    from sslfast.data import get_recipe
+    from sslfast.train.data import view_recipe
+
+    small = view_recipe(_config(tmp_path, crop_size=32, crop_min_scale=0.3), "byol")
+    assert [v.scale for v in small.views] == [(0.3, 1.0), (0.3, 1.0)]
+    assert [v.blur_p for v in small.views] == [0.0, 0.0]  # no blur below 96 px by default
+    large = view_recipe(_config(tmp_path, crop_size=224), "byol")
+    assert large.views == get_recipe("byol").views  # the recipe as the loader defines it
+    forced = view_recipe(_config(tmp_path, crop_size=32, blur=True), "byol")
+    assert [v.blur_p for v in forced.views] == [v.blur_p for v in get_recipe("byol").views]
+
+
 @pytest.mark.parametrize("overrides,error,match", [
     ({"method": "byol"}, ValueError, "method must be one of"),
     ({"backbone": "resnet101"}, ValueError, "backbone must be one of"),

@@ -1,12 +1,14 @@
 """The built-in data of `sslfast pretrain`: a procedurally generated, labelled image set.
 
 Ten classes, five solid shapes, two outlined shapes and three textures (`CLASSES`), each drawn
-with a random colour, position, scale and rotation on a random two-colour gradient background
+with a random colour, position, scale and rotation on a randomly coloured, shaded background
 with clutter (thin lines and small specks, some over the object) and sensor noise. Colour,
 position and background dominate raw pixel similarity, so a randomly initialised encoder
 scores poorly in k-NN, while the class is only carried by shape or texture: exactly what the
 SSL augmentations (crops, colour jitter) teach an encoder to keep. That gap is what the default
-run demonstrates.
+run demonstrates. Colours come from small palettes (`OBJECT_PALETTE`, `BACKGROUND_PALETTE`):
+with fully random colours the colour combination alone would tell any two images apart, and
+instance-discrimination methods would learn colour instead of shape.
 
 The set is written once as JPEG files in ImageFolder layout, so that the real loaders (DALI,
 torchvision) read and decode real files and any ImageFolder path can take its place:
@@ -44,7 +46,7 @@ from .._validation import check_int
 
 #: Class names in label order (alphabetical, the order torchvision's ImageFolder assigns).
 CLASSES = ("checker", "circle", "crescent", "cross", "dots", "ring", "square", "star", "stripes", "triangle")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MARKER = "COMPLETE.json"
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 _SPLITS = {"train": 0, "val": 1}
@@ -90,22 +92,26 @@ def default_cache_dir() -> Path:
 # Rendering
 # --------------------------------------------------------------------------------------------
 
-def _palette() -> np.ndarray:
-    """Eleven colours: eight hues, white, black and grey."""
+def _hsv(h: float, s: float, v: float) -> tuple:
     import colorsys
 
-    hues = [colorsys.hsv_to_rgb(h / 8, 0.8, 0.9) for h in range(8)]
-    return np.array(hues + [(0.95, 0.95, 0.95), (0.08, 0.08, 0.08), (0.5, 0.5, 0.5)])
+    return colorsys.hsv_to_rgb(h, s, v)
 
 
-PALETTE = _palette()
+#: Object and clutter colours: six saturated hues, white and black.
+OBJECT_PALETTE = np.array([_hsv(h / 6, 0.85, 0.9) for h in range(6)] + [(0.95, 0.95, 0.95), (0.07, 0.07, 0.07)])
+#: Background colours: slate, light grey, dusk blue, sand.
+BACKGROUND_PALETTE = np.array([(0.25, 0.25, 0.28), (0.7, 0.7, 0.68), (0.2, 0.3, 0.45), (0.75, 0.65, 0.5)])
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    """A palette colour, slightly perturbed. A small palette makes colour a weak cue to tell two
-    images apart (many share their colours), so an SSL method has to look at shape and pose,
-    while colour still dominates the raw pixels (and a random encoder's features)."""
-    return np.clip(PALETTE[rng.integers(len(PALETTE))] + rng.normal(0.0, 0.03, 3), 0.0, 1.0)
+def _random_colour(rng: np.random.Generator, palette: np.ndarray = OBJECT_PALETTE) -> np.ndarray:
+    """A palette colour, slightly perturbed.
+
+    Small palettes keep colour a weak cue for telling two images apart (8 x 4 object/background
+    pairs: in a batch of 128 many images share theirs), so an SSL method has to look at shape
+    and pose, while colour still dominates the raw pixels and a random encoder's features.
+    """
+    return np.clip(palette[rng.integers(len(palette))] + rng.normal(0.0, 0.03, 3), 0.0, 1.0)
 
 
 def _contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_distance: float = 0.45) -> np.ndarray:
@@ -196,19 +202,19 @@ def render(label: int, rng: np.random.Generator, image_size: int = 64) -> np.nda
     size = image_size * _SUPERSAMPLE
     as_rgb = lambda colour: tuple(int(c * 255 + 0.5) for c in colour)  # noqa: E731
 
-    # background: a two-colour gradient along a random direction
-    bg0, bg1 = _random_colour(rng), _random_colour(rng)
+    # background: a palette colour shaded by +-15% along a random direction
+    base = _random_colour(rng, BACKGROUND_PALETTE)
     direction = rng.uniform(0, 2 * math.pi)
     ramp = np.cos(direction) * np.arange(size)[None, :] + np.sin(direction) * np.arange(size)[:, None]
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
-    background = bg0 * (1 - ramp[..., None]) + bg1 * ramp[..., None]
+    background = np.clip(base * (0.85 + 0.3 * ramp[..., None]), 0.0, 1.0)
     canvas = Image.fromarray((background * 255 + 0.5).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
 
     def clutter(lines: int, specks: int) -> None:
         for _ in range(lines):
             p0, p1 = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
-            width = max(1, int(_SUPERSAMPLE * rng.uniform(0.6, 1.6)))
+            width = max(1, int(_SUPERSAMPLE * rng.uniform(0.5, 1.2)))
             draw.line([tuple(p0), tuple(p1)], fill=as_rgb(_random_colour(rng)), width=width)
         for _ in range(specks):
             c, r = rng.uniform(0, size, 2), size * rng.uniform(0.015, 0.045)

@@ -37,6 +37,11 @@ class PretrainConfig:
     crop_size: int = 64
     recipe: Optional[str] = None
     """Augmentation recipe of the loader: simclr, byol or barlowtwins (None: the method's)."""
+    crop_min_scale: Optional[float] = None
+    """Smallest crop area as a fraction of the image (None: the recipe's, 0.08)."""
+    blur: Optional[bool] = None
+    """Gaussian blur of the recipe on or off (None: on for crops of 96 px and more, off below,
+    as SimCLR does for ImageNet and CIFAR)."""
     random_fields: bool = False
     """Random-field augmentation (sslfast.augment) on top of the recipe."""
     loader_device: str = "auto"
@@ -133,6 +138,8 @@ class PretrainConfig:
             check_nonnegative(name, getattr(self, name))
         if self.temperature is not None:
             check_positive("temperature", self.temperature)
+        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
+            raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if self.ema_momentum is not None and not 0 <= self.ema_momentum <= 1:
             raise ValueError(f"ema_momentum must be in [0, 1], got {self.ema_momentum}")
         if self.data is not None and not os.path.isdir(self.data):

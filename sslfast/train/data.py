@@ -82,12 +82,32 @@ def resolve_data(config: PretrainConfig, *, verbose: bool = True) -> DataSplit:
     return DataSplit(train, val, f"{root} ({len(train)} images; {len(val)} held out for the monitors)")
 
 
+BLUR_MIN_CROP = 96
+
+
+def view_recipe(config: PretrainConfig, name: str):
+    """The loader recipe `name` with the run's crop scale and blur settings applied to every view."""
+    from ..data import Recipe, get_recipe
+
+    recipe = get_recipe(name)
+    blur = config.blur if config.blur is not None else config.crop_size >= BLUR_MIN_CROP
+    views = []
+    for spec in recipe.views:
+        if config.crop_min_scale is not None:
+            spec = spec.replace(scale=(config.crop_min_scale, 1.0))
+        if not blur:
+            spec = spec.replace(blur_p=0.0)
+        views.append(spec)
+    return Recipe(tuple(views), recipe.local)
+
+
 def build_train_loader(config: PretrainConfig, split: DataSplit, *, batch_size: int, recipe: str, views: int,
                        loader_device: str):
     from ..data import DaliSSLLoader
 
     return DaliSSLLoader(
-        split.train, batch_size, views=views, recipe=recipe, crop_size=config.crop_size, device=loader_device,
+        split.train, batch_size, views=views, recipe=view_recipe(config, recipe), crop_size=config.crop_size,
+        device=loader_device,
         num_threads=max(1, config.num_workers), seed=config.seed, shard_id=distributed.rank(),
         num_shards=distributed.world_size(), drop_last=True, random_fields=True if config.random_fields else None,
         backend=config.loader_backend,
