@@ -297,7 +297,7 @@ def _write_images(folder: str, split: str, label: int, start: int, stop: int, sp
     return stop - start
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Pool initializer: a worker ends when the generating process is killed (Linux), instead of
     waiting forever for tasks that will never come."""
     try:
@@ -307,6 +307,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:  # killed while this worker was starting, before the line above
+        os._exit(1)
 
 
 def _default_workers() -> int:
@@ -372,7 +374,7 @@ def generate(spec: SyntheticSpec = SyntheticSpec(), root: Union[str, Path, None]
 
             # spawn: the caller may hold threads (torch, DALI) that a fork would copy in a bad state
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_die_with_parent) as pool:
+                                     initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
                 for future in as_completed([pool.submit(_write_images, *task) for task in tasks]):
                     done += future.result()
                     if progress is not None:
