@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -70,7 +70,19 @@ def _need(losses, name: str):
 
 
 class SSLMethod(nn.Module):
-    """Base class: one online encoder (backbone + projector) and a loss over two or more views."""
+    """Base class: one online encoder (backbone + projector) and a loss over two or more views.
+
+    Args:
+        backbone: (B, 3, H, W) -> (B, feature_dim) features.
+        feature_dim: width of the backbone's features.
+        views: global views per image.
+        hidden_dim, output_dim: projector widths (None: the method's official sizes).
+        gather_distributed: the loss gathers the embeddings of every rank.
+        backend: the sslfast kernel backend of the loss.
+        num_samples: size of the training set (methods with per-sample state need it).
+        options: method-specific settings (temperature, lambda_param, ...).
+        make_backbone: builds another backbone like `backbone` (CLIP's second tower).
+    """
 
     name = "ssl"
     recipe = "simclr"
@@ -79,8 +91,10 @@ class SSLMethod(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, views: int = 2, hidden_dim: Optional[int] = None,
                  output_dim: Optional[int] = None, gather_distributed: bool = False, backend: Optional[str] = None,
-                 num_samples: int = 0, options: Optional[dict] = None):
+                 num_samples: int = 0, options: Optional[dict] = None,
+                 make_backbone: Optional[Callable[[], nn.Module]] = None):
         super().__init__()
+        self.make_backbone = make_backbone
         if not self.min_views <= views <= self.max_views:
             allowed = str(self.min_views) if self.min_views == self.max_views else f"{self.min_views}..{self.max_views}"
             raise ValueError(f"method {self.name!r} takes {allowed} views, got views={views}")
@@ -264,10 +278,13 @@ class CLIP(SSLMethod):
         if hidden_dim is not None:
             raise ValueError("clip's projections are linear: proj_hidden_dim does not apply")
         self.output_dim = output_dim or 512
-        self.second_backbone = copy.deepcopy(self.backbone)
-        for module in self.second_backbone.modules():  # independent initialisation
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        if self.make_backbone is not None:  # a second, independently initialised tower
+            self.second_backbone = self.make_backbone()
+        else:  # same architecture; each layer's default initialisation
+            self.second_backbone = copy.deepcopy(self.backbone)
+            for module in self.second_backbone.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
         self.second_projector = nn.Linear(feature_dim, self.output_dim, bias=False)
         return nn.Linear(feature_dim, self.output_dim, bias=False)
 

@@ -124,6 +124,9 @@ class Trainer:
         self.config.out = self.out
 
         # model, loss, optimizer
+        def make_backbone():
+            return build_backbone(config.backbone, image_size=config.crop_size, stem=resolve_stem(config))[0]
+
         backbone, feature_dim = build_backbone(config.backbone, image_size=config.crop_size, stem=resolve_stem(config))
         options = dict(config.extra)
         for key in ("temperature", "ema_momentum", "queue_size"):
@@ -139,7 +142,7 @@ class Trainer:
         self.method: SSLMethod = build_method(
             config.method, backbone, feature_dim, views=views, hidden_dim=config.proj_hidden_dim,
             output_dim=config.proj_output_dim, gather_distributed=self.world > 1, backend=config.backend,
-            num_samples=num_samples, options=options).to(self.device)
+            num_samples=num_samples, options=options, make_backbone=make_backbone).to(self.device)
         # channels_last pays for convolutions only (the ViT's one patch convolution gains nothing)
         self.channels_last = config.channels_last and config.backbone in RESNETS
         if self.channels_last:
