@@ -1,1 +1,13 @@
-"""SSL data loading (DALI GPU/CPU pipelines and a torchvision fallback)."""
+"""SSL data loading: DALI GPU/CPU pipelines and a PIL/PyTorch fallback with one API.
+
+Importing this package does not import DALI: the DALI engine is loaded when a loader first runs.
+"""
+from .files import CorruptImageError, ImageList, SkippedImageWarning, scan_images
+from .loader import DaliSSLLoader
+from .recipes import RECIPES, Recipe, ViewSpec, get_recipe
+from .sampling import ShardPlan
+
+__all__ = [
+    "DaliSSLLoader", "ImageList", "scan_images", "CorruptImageError", "SkippedImageWarning",
+    "ViewSpec", "Recipe", "RECIPES", "get_recipe", "ShardPlan",
+]
