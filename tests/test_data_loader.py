@@ -226,6 +226,20 @@ def test_corrupt_files_are_skipped_with_warnings_and_never_hang(tmp_path, backen
         _loader(root, backend, on_error="raise")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.timeout(120)
+def test_a_batch_left_empty_by_a_bad_file_keeps_its_place(tmp_path, backend):
+    root = make_dataset(str(tmp_path / "data"), n=4)
+    bad_idat_png(os.path.join(root, "class0", "garbled.png"))
+    loader = _loader(root, backend, batch_size=1, shuffle=False, dtype=torch.uint8)
+    with pytest.warns(SkippedImageWarning, match="garbled.png"):
+        batches = _epoch(loader)
+    assert len(batches) == len(loader) == 5  # every rank keeps the same number of batches
+    assert [len(b["index"]) for b in batches] == [1, 1, 0, 1, 1]  # sorted paths: class0/garbled.png is third
+    assert [tuple(v.shape) for v in batches[2]["views"]] == [(0, 3, 32, 32)] * 2
+    assert batches[2]["views"][0].dtype == torch.uint8 and batches[2]["label"].shape == (0,)
+
+
 def test_without_dali_the_fallback_runs(dataset, monkeypatch):
     from sslfast.data import dali_backend
 
@@ -251,18 +265,22 @@ print(loader.backend, sizes)
 
 
 class _NoiseField(torch.nn.Module):
-    """Stand-in for sslfast.augment.RandomFieldAugment: random per-pixel brightness noise."""
+    """Stand-in for sslfast.augment.RandomFieldAugment: random per-pixel brightness noise, with
+    the three output conventions the loader accepts."""
 
-    def __init__(self, out_dtype=torch.uint8):
+    def __init__(self, output="uint8", mean=None, std=None):
         super().__init__()
-        self.out_dtype = out_dtype
+        self.output, self.mean, self.std = output, mean, std
 
     def forward(self, x):
         assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3
-        noisy = x.to(torch.float32) + torch.randint(-20, 21, x.shape, dtype=torch.float32)
-        if self.out_dtype == torch.uint8:
-            return noisy.clamp(0, 255).to(torch.uint8)
-        return noisy / 255.0 - 0.5
+        noisy = (x.to(torch.float32) + torch.randint(-20, 21, x.shape, dtype=torch.float32)).clamp(0, 255)
+        if self.output == "uint8":
+            return noisy.to(torch.uint8)
+        if self.output == "unit":
+            return noisy / 255.0
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        return (noisy / 255.0 - mean) / torch.tensor(self.std).view(1, 3, 1, 1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -270,22 +288,42 @@ def test_random_fields_module_runs_after_augmentation_reproducibly(dataset, back
     plain = _by_index(_epoch(_loader(dataset, backend, seed=8)))
     fields = _by_index(_epoch(_loader(dataset, backend, seed=8, random_fields=_NoiseField())))
     again = _by_index(_epoch(_loader(dataset, backend, seed=8, random_fields=_NoiseField())))
+    unit = _by_index(_epoch(_loader(dataset, backend, seed=8, random_fields=_NoiseField("unit"))))
+    spec = ViewSpec()
+    done = _by_index(_epoch(_loader(dataset, backend, seed=8,
+                                    random_fields=_NoiseField("normalised", spec.mean, spec.std))))
     for i in range(N_IMAGES):
         assert fields[i][0].dtype == torch.float32
         assert all(torch.equal(a, b) for a, b in zip(fields[i], again[i]))
         diff = (fields[i][0] - plain[i][0]).abs()
         assert 0.01 < diff.mean() < 0.5  # noise of +-20 grey levels, normalised by the same mean/std
-    floats = _by_index(_epoch(_loader(dataset, backend, seed=8, random_fields=_NoiseField(torch.float32))))
-    assert all(-0.6 < float(floats[i][0].min()) and float(floats[i][0].max()) < 0.6 for i in range(N_IMAGES))
+        # the same noise through the three output conventions lands on the same normalised pixels
+        for other in (unit, done):
+            torch.testing.assert_close(other[i][0], fields[i][0], rtol=0, atol=1e-5)
+
+
+def test_random_fields_output_conventions_with_raw_pixels(dataset):
+    raw = _by_index(_epoch(_loader(dataset, "torch", seed=8, dtype=torch.uint8, random_fields=_NoiseField())))
+    unit = _by_index(_epoch(_loader(dataset, "torch", seed=8, dtype=torch.uint8, random_fields=_NoiseField("unit"))))
+    assert all(torch.equal(raw[i][1], unit[i][1]) and raw[i][1].dtype == torch.uint8 for i in range(N_IMAGES))
+    spec = ViewSpec()
+    loader = _loader(dataset, "torch", dtype=torch.uint8, random_fields=_NoiseField("normalised", spec.mean, spec.std))
+    with pytest.raises(ValueError, match="dtype=torch.uint8 asks for raw pixels"):
+        next(iter(loader))
 
 
 def test_real_random_field_augment_when_available(dataset):
     augment = pytest.importorskip("sslfast.augment")
     if not hasattr(augment, "RandomFieldAugment"):
         pytest.skip("sslfast.augment.RandomFieldAugment has not landed in this checkout")
-    loader = _loader(dataset, "auto", seed=8, random_fields=True)
-    batch = next(iter(loader))
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in batch["views"])
+    plain = _by_index(_epoch(_loader(dataset, "auto", seed=8)))
+    identity = _by_index(_epoch(_loader(dataset, "auto", seed=8, random_fields={})))  # all strengths 0
+    first = _by_index(_epoch(_loader(dataset, "auto", seed=8, random_fields="medium")))
+    again = _by_index(_epoch(_loader(dataset, "auto", seed=8, random_fields="medium")))
+    for i in range(N_IMAGES):
+        torch.testing.assert_close(identity[i][0], plain[i][0], rtol=0, atol=1e-4)
+        assert first[i][0].dtype == torch.float32 and torch.isfinite(first[i][0]).all()
+        assert torch.equal(first[i][0], again[i][0]) and (first[i][0] - plain[i][0]).abs().mean() > 0.01
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -303,7 +341,7 @@ def test_real_random_field_augment_when_available(dataset):
     ({"drop_last": 1}, TypeError, "drop_last must be a bool"),
     ({"nvjpeg_memory": {"gpu_bytes": 1}}, ValueError, "nvjpeg_memory has unknown keys"),
     ({"nvjpeg_memory": {"hw_decoder_load": 2.0}}, ValueError, "hw_decoder_load"),
-    ({"random_fields": "yes"}, TypeError, "random_fields must be None, True or a callable"),
+    ({"random_fields": 3}, TypeError, "random_fields must be None, True, a preset name"),
     ({"batch_size": 20, "num_shards": 2, "shard_id": 0, "drop_last": True}, ValueError, "no batches"),
     ({"recipe": [ViewSpec(), "x"]}, TypeError, "Recipe.views"),
 ])

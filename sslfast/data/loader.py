@@ -45,33 +45,56 @@ def _available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _random_field_module(random_fields):
+def _random_field_module(random_fields, spec: ViewSpec, dtype: torch.dtype):
+    """None, or the module that random_fields= asks for (see DaliSSLLoader's Args)."""
     if random_fields is None or random_fields is False:
         return None
-    if random_fields is True:
+    if random_fields is True or isinstance(random_fields, (str, dict)):
         try:
             from ..augment import RandomFieldAugment
         except ImportError as exc:
-            raise ImportError("random_fields=True needs sslfast.augment.RandomFieldAugment, which this "
-                              f"installation lacks ({exc}); pass your own module instead") from exc
-        return RandomFieldAugment()
+            raise ImportError(f"random_fields={random_fields!r} needs sslfast.augment.RandomFieldAugment, which "
+                              f"this installation lacks ({exc}); pass a module instead") from exc
+        # the fused kernel normalises in the same pass, so the loader has nothing left to do
+        output = {"out_dtype": torch.uint8} if dtype == torch.uint8 else \
+            {"mean": spec.mean, "std": spec.std, "out_dtype": dtype}
+        if isinstance(random_fields, dict):
+            return RandomFieldAugment(**{**output, **random_fields})
+        return RandomFieldAugment.preset("mild" if random_fields is True else random_fields, **output)
     if not callable(random_fields):
-        raise TypeError(f"random_fields must be None, True or a callable module on (B, 3, H, W) uint8 images, "
-                        f"got {type(random_fields).__name__}")
+        raise TypeError("random_fields must be None, True, a preset name, a dict of RandomFieldAugment arguments "
+                        f"or a callable module on (B, 3, H, W) uint8 images, got {type(random_fields).__name__}")
     return random_fields
 
 
 class _Finisher:
-    """Random fields on the uint8 views, then normalisation unless the module already returned
-    floats. The module runs under a torch RNG seeded by (seed, epoch, batch position), so that
-    batches are reproducible wherever they are computed (DataLoader worker or main process)."""
+    """Random fields on the uint8 views, then whatever normalisation the module did not do.
+
+    The module's output is read as: uint8 pixels; or floats in [0, 1]; or, when the module has
+    `mean` and `std` attributes that are not None (RandomFieldAugment(mean=..., std=...)),
+    floats it has normalised itself. It runs under a torch RNG seeded by (seed, epoch, batch
+    position), so that a batch is reproducible wherever it is computed (DataLoader worker or
+    main process) and on resume.
+    """
 
     def __init__(self, module, specs, dtype: torch.dtype, seed: int):
         self.module, self.specs, self.dtype, self.seed = module, specs, dtype, seed
+        self.normalises = getattr(module, "mean", None) is not None and getattr(module, "std", None) is not None
+
+    def _finish(self, result: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+        from .transforms import normalize, to_uint8
+
+        if result.dtype == torch.uint8:
+            return normalize(result, spec.mean, spec.std, self.dtype)
+        if self.normalises:
+            if self.dtype == torch.uint8:
+                raise ValueError("dtype=torch.uint8 asks for raw pixels but random_fields returned normalised "
+                                 "floats: give the module out_dtype=torch.uint8 and no mean/std")
+            return result.to(self.dtype)
+        pixels = result.to(torch.float32) * 255.0  # floats in [0, 1]
+        return to_uint8(pixels) if self.dtype == torch.uint8 else normalize(pixels, spec.mean, spec.std, self.dtype)
 
     def __call__(self, views: list, epoch: int, position: int) -> list:
-        from .transforms import normalize
-
         batch_seed = int(hash64(self.seed, epoch, position, 0xF1E1D)[0] >> np.uint64(1))
         devices = [v.device for v in views if v.device.type == "cuda"]
         out = []
@@ -82,11 +105,7 @@ class _Finisher:
                 if not isinstance(result, torch.Tensor) or result.shape != view.shape:
                     raise ValueError(f"random_fields must return a tensor of the view's shape {tuple(view.shape)}, "
                                      f"got {getattr(result, 'shape', type(result).__name__)}")
-                if result.dtype == torch.uint8:
-                    result = normalize(result, spec.mean, spec.std, self.dtype)
-                elif self.dtype != torch.uint8:
-                    result = result.to(self.dtype)
-                out.append(result)
+                out.append(self._finish(result, spec))
         return out
 
 
@@ -112,10 +131,13 @@ class DaliSSLLoader:
         drop_last: drop the partial last global batch (see the module docstring).
         shuffle: shuffle the order each epoch.
         labels: "auto", True or False (see sslfast.data.scan_images).
-        random_fields: None, True (sslfast.augment.RandomFieldAugment()) or a module applied to
-            every view as a (B, 3, H, W) uint8 tensor on the output device, right after decoding
-            and augmentation; a uint8 result is normalised here, a floating one is taken as
-            already normalised.
+        random_fields: random-field augmentation of every view, right after decoding and
+            augmentation, on the output device (the GPU for device="gpu"; numba in the CPU
+            workers of the fallback): None; True or a preset name ("mild", "medium", "strong")
+            or a dict of arguments for sslfast.augment.RandomFieldAugment; or any module taking
+            (B, 3, H, W) uint8 views and returning uint8 pixels, floats in [0, 1], or (when it
+            has `mean` and `std` attributes that are not None) floats it normalised itself.
+            It runs under torch's RNG seeded per batch from (seed, epoch, batch position).
         dtype: torch.float32, torch.float16 (normalised) or torch.uint8 (raw pixels, CHW).
         backend: "auto" (DALI where installed, else the torch fallback), "dali" or "torch".
         on_error: "skip" corrupt files with a warning naming them, or "raise".
@@ -217,7 +239,7 @@ class DaliSSLLoader:
         self.device, self.dtype, self.on_error, self.seed = device, dtype, on_error, seed
         self.batch_size, self.num_threads, self.prefetch = batch_size, num_threads, prefetch
         self.device_id = (device_id if device_id is not None else torch.cuda.current_device()) if device == "gpu" else None
-        self.random_fields = _random_field_module(random_fields)
+        self.random_fields = _random_field_module(random_fields, self.specs[0], dtype)
         self.nvjpeg_memory = self._check_nvjpeg(nvjpeg_memory)
         self.backend = self._pick_backend(backend)
         self._engine = None
