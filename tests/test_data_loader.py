@@ -216,14 +216,13 @@ def test_corrupt_files_are_skipped_with_warnings_and_never_hang(tmp_path, backen
         batches = list(loader)
     assert len(batches) == len(loader) and sum(len(b["index"]) for b in batches) == n_ok
     assert any("garbled.png" in path for path, _ in loader.skipped)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedImageWarning)
-        strict = _loader(root, backend, batch_size=4, on_error="skip")
-        strict.on_error = "raise"
-    with pytest.raises(CorruptImageError, match="garbled.png"):
-        list(strict)
     with pytest.raises(CorruptImageError, match="truncated.jpg|notes.jpg|cut.png"):
-        _loader(root, backend, on_error="raise")
+        _loader(root, backend, on_error="raise")  # the scan raises on the first bad file
+    strict_root = make_dataset(str(tmp_path / "strict"), n=5)
+    bad_idat_png(os.path.join(strict_root, "class1", "garbled.png"))
+    strict = _loader(strict_root, backend, batch_size=4, on_error="raise")  # passes the scan...
+    with pytest.raises(CorruptImageError, match="garbled.png"):  # ...and raises while decoding
+        list(strict)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -262,6 +261,14 @@ print(loader.backend, sizes)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "torch [8, 8, 7]"
+
+
+def test_importing_sslfast_data_stays_light():
+    code = ("import sys, sslfast.data, torch; "
+            "heavy = [m for m in ('nvidia.dali', 'numba', 'triton', 'PIL.Image') if m in sys.modules]; "
+            "assert not heavy, heavy; assert not torch.cuda.is_initialized(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 class _NoiseField(torch.nn.Module):
