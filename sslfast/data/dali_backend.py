@@ -6,10 +6,13 @@ Graph, per batch:
     external_source -> encoded bytes, global index, and per view a row of 12 parameters
     decoders.image(device="mixed" | "cpu", RGB, EXIF orientation)
     per view: resize(ROI = the sampled crop, antialiased linear) -> color_twist -> gaussian_blur
-              -> solarize (x XOR 255 where x >= 128 and the sample's flag is set)
+              -> solarize (x XOR 255 where x >= 128)
               -> crop_mirror_normalize(mirror flag, mean/std, CHW, output dtype)
 
-Operators a view's spec can never use (no jitter, blur or solarize) are left out of the graph.
+Operators a view's spec can never use (no jitter, blur or solarize) are left out of the graph,
+and blur and solarize run under DALI conditionals (the batch is split by the per-sample flag and
+merged again), so that only the samples drawn for them pay for them: a blur with a 1-tap window
+still costs ~9 copies of the image on DALI's CPU backend.
 
 Why external_source instead of fn.readers.file: the reader shuffles within a buffer per shard,
 keeps its epoch position inside the pipeline and stops the pipeline on the first undecodable
@@ -145,8 +148,16 @@ def _build_pipeline(feeder: _Feeder, specs, *, device: str, batch_size: int, num
                 torch.float16: types.FLOAT16}[dtype]
     gpu = device == "gpu"
 
+    def _blur(view, p):
+        return fn.gaussian_blur(view, window_size=fn.cast(p[8], dtype=types.INT32), sigma=p[9])
+
+    def _solarize(view, p):
+        flag = fn.cast(p[10], dtype=types.UINT8)  # 255 where the sample solarizes
+        return view ^ ((view >= 128) * (flag.gpu() if gpu else flag))  # 255 - x == x XOR 255 for uint8
+
+    # enable_conditionals turns `if <per-sample DataNode>:` into a split of the batch and a merge
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None,
-                  prefetch_queue_depth=prefetch, seed=seed, exec_dynamic=True)
+                  prefetch_queue_depth=prefetch, seed=seed, exec_dynamic=True, enable_conditionals=True)
     def ssl_pipeline():
         encoded, index, *params = fn.external_source(
             source=feeder, num_outputs=2 + len(specs), batch=True,
@@ -160,13 +171,14 @@ def _build_pipeline(feeder: _Feeder, specs, *, device: str, batch_size: int, num
                              roi_relative=False, antialias=True, interp_type=types.INTERP_LINEAR)
             if spec.jitters:
                 view = fn.color_twist(view, brightness=p[4], contrast=p[5], saturation=p[6], hue=p[7])
-            if spec.blur_p > 0:
-                view = fn.gaussian_blur(view, window_size=fn.cast(p[8], dtype=types.INT32), sigma=p[9])
+            if spec.blur_p == 1.0:
+                view = _blur(view, p)
+            elif spec.blur_p > 0:
+                if p[8] > 1.0:  # per-sample branch: only the samples drawn for blurring pay for it
+                    view = _blur(view, p)
             if spec.solarize_p > 0:
-                flag = fn.cast(p[10], dtype=types.UINT8)  # 255 where this sample solarizes, else 0
-                if gpu:
-                    flag = flag.gpu()
-                view = view ^ ((view >= 128) * flag)  # 255 - x == x XOR 255 for uint8
+                if p[10] > 0.0:
+                    view = _solarize(view, p)
             normalise = out_type != types.UINT8
             outputs.append(fn.crop_mirror_normalize(
                 view, mirror=fn.cast(p[11], dtype=types.INT32), output_layout="CHW", dtype=out_type,
