@@ -184,7 +184,7 @@ def test_resume_mid_epoch_gives_the_batches_of_an_uninterrupted_run(dataset, bac
 @pytest.mark.timeout(120)
 def test_breaking_out_of_an_epoch_then_iterating_again_restarts_it(dataset, backend):
     loader = _loader(dataset, backend, batch_size=3, prefetch=2)
-    first = next(iter(loader))
+    first = next(iter(loader))  # abandoned with batches in flight
     for k, _ in enumerate(loader):  # abandons the first iterator with batches in flight
         if k == 2:
             break
@@ -314,9 +314,10 @@ def test_random_fields_output_conventions_with_raw_pixels(dataset):
     unit = _by_index(_epoch(_loader(dataset, "torch", seed=8, dtype=torch.uint8, random_fields=_NoiseField("unit"))))
     assert all(torch.equal(raw[i][1], unit[i][1]) and raw[i][1].dtype == torch.uint8 for i in range(N_IMAGES))
     spec = ViewSpec()
-    loader = _loader(dataset, "torch", dtype=torch.uint8, random_fields=_NoiseField("normalised", spec.mean, spec.std))
-    with pytest.raises(ValueError, match="dtype=torch.uint8 asks for raw pixels"):
-        next(iter(loader))
+    with _loader(dataset, "torch", dtype=torch.uint8,
+                 random_fields=_NoiseField("normalised", spec.mean, spec.std)) as loader:
+        with pytest.raises(ValueError, match="dtype=torch.uint8 asks for raw pixels"):
+            next(iter(loader))
 
 
 def test_real_random_field_augment_when_available(dataset):

@@ -376,17 +376,21 @@ class DaliSSLLoader:
         if len(self._bad_indices):
             batches = [b[~np.isin(b, self._bad_indices)] for b in batches]
         out_device = torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
-        for position, (views, index, skipped) in enumerate(self._engine.run(epoch, batches, start), start):
-            if skipped:
-                self._report(skipped)
-            if self.device == "gpu":
-                views = [v.to(out_device, non_blocking=True) for v in views]
-            if self._finish is not None:
-                views = self._finish(views, epoch, position)
-            index_t = torch.as_tensor(np.asarray(index, dtype=np.int64))
-            labels = torch.from_numpy(self.images.labels[index_t.numpy()])
-            self._batches_done = position + 1
-            yield {"views": views, "label": labels, "index": index_t}
+        run = self._engine.run(epoch, batches, start)
+        try:
+            for position, (views, index, skipped) in enumerate(run, start):
+                if skipped:
+                    self._report(skipped)
+                if self.device == "gpu":
+                    views = [v.to(out_device, non_blocking=True) for v in views]
+                if self._finish is not None:
+                    views = self._finish(views, epoch, position)
+                index_t = torch.as_tensor(np.asarray(index, dtype=np.int64))
+                labels = torch.from_numpy(self.images.labels[index_t.numpy()])
+                self._batches_done = position + 1
+                yield {"views": views, "label": labels, "index": index_t}
+        finally:
+            run.close()  # on break or error: drain DALI / stop the workers now, not at garbage collection
         self._epoch, self._batches_done = epoch + 1, 0
 
     def _report(self, skipped: list) -> None:

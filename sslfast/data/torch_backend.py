@@ -101,8 +101,16 @@ class TorchEngine:
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch if self.num_workers > 0 else None,
         )
-        for out in loader:
-            yield out["views"], out["index"].numpy(), out["skipped"]
+        batches = iter(loader)
+        try:
+            for out in batches:
+                yield out["views"], out["index"].numpy(), out["skipped"]
+        finally:
+            # Stop the workers now (an abandoned epoch), not whenever the garbage collector
+            # reaches the iterator: its shutdown may wait seconds for each worker.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def close(self) -> None:
         pass
