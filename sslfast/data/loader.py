@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -359,12 +360,17 @@ class DaliSSLLoader:
 
     def __iter__(self):
         self._close_active()
-        self._active = self._iterate()
-        return self._active
+        active = self._iterate()
+        # Only a weak reference: the generator refers to the loader, and a strong one back would
+        # make a cycle that keeps an abandoned epoch (DALI work, DataLoader workers) alive until
+        # the cyclic garbage collector runs; this way it stops when its last user drops it.
+        self._active = weakref.ref(active)
+        return active
 
     def _close_active(self) -> None:
-        if self._active is not None:
-            active, self._active = self._active, None
+        active = self._active() if self._active is not None else None
+        self._active = None
+        if active is not None:
             active.close()  # drains what the engine has in flight
 
     def _iterate(self):
