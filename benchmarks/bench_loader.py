@@ -14,9 +14,12 @@ Providers (same number of CPU threads / DataLoader workers everywhere):
 
 The bench set is ~2000 500x375 JPEGs (smooth colour fields plus texture, quality 90, sizes like
 ImageNet's) generated once under $SSLFAST_CACHE_DIR/bench_loader_jpegs (default ~/.cache/sslfast),
-never in git. Each provider runs a warm-up, then `--repeats` timed passes over `--images`
-images; rows hold the median and 20th/80th percentiles of images/s over the passes. On GPU
-the torchvision/lightly batches are moved to the GPU, as a training loop would.
+never in git. Each provider runs a few warm-up batches, then `--repeats` timed epochs over the
+whole set, from creating the epoch's iterator (worker start-up and prefetch included) to its
+last batch; the providers' epochs are interleaved so that changes in the machine's load hit
+them alike. Rows hold the median and 20th/80th percentiles of images/s over the epochs, and
+the per-epoch ratios to the torchvision DataLoader measured in the same round. On GPU the
+torchvision/lightly batches are moved to the GPU, as a training loop would.
 
     python benchmarks/bench_loader.py                      # CPU: DALI CPU vs torchvision, 2 threads
     python benchmarks/bench_loader.py --threads 8 --batch 256   # on a GPU machine: adds DALI GPU
@@ -97,65 +100,44 @@ def _dataloader(root: str, transform, batch: int, threads: int, pin: bool):
 
     dataset = torchvision.datasets.ImageFolder(root, transform=transform)
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=threads,
-                                       drop_last=False, pin_memory=pin, persistent_workers=True,
-                                       prefetch_factor=2)
+                                       drop_last=False, pin_memory=pin, prefetch_factor=2)
 
 
-def _time_passes(make_iter, to_device, n_images: int, repeats: int, warmup_batches: int) -> list:
-    """images/s of `repeats` passes over at least n_images images (after warm-up batches)."""
-    it = make_iter()
-    for _ in range(warmup_batches):
-        batch = next(it)
-        to_device(batch)
-    rates = []
-    for _ in range(repeats):
-        seen, start = 0, time.perf_counter()
-        while seen < n_images:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = make_iter()
-                continue
-            seen += to_device(batch)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(seen / (time.perf_counter() - start))
-    return rates
-
-
-def _endless(loader):
-    def make():
-        while True:
-            yield from loader
-    gen = make()
-    return lambda: gen
-
-
-def run_provider(name: str, root: str, args, device: torch.device) -> list:
+def make_provider(name: str, root: str, args, device: torch.device):
+    """(iterable whose iteration is one epoch, batch -> number of images moved to `device`, close)."""
     from sslfast.data import DaliSSLLoader
 
     gpu = device.type == "cuda"
     if name.startswith("sslfast-"):
-        backend = {"sslfast-dali-cpu": ("dali", "cpu"), "sslfast-dali-gpu": ("dali", "gpu"),
-                   "sslfast-torch": ("torch", "gpu" if gpu else "cpu")}[name]
-        loader = DaliSSLLoader(root, args.batch, recipe="simclr", crop_size=224, device=backend[1],
-                               num_threads=args.threads, backend=backend[0], seed=1)
+        backend, where = {"sslfast-dali-cpu": ("dali", "cpu"), "sslfast-dali-gpu": ("dali", "gpu"),
+                          "sslfast-torch": ("torch", "gpu" if gpu else "cpu")}[name]
+        loader = DaliSSLLoader(root, args.batch, recipe="simclr", crop_size=224, device=where,
+                               num_threads=args.threads, backend=backend, seed=1)
 
-        def to_device(batch):
+        def consume(batch):
             views = [v.to(device, non_blocking=True) for v in batch["views"]]
             return len(views[0])
-        try:
-            return _time_passes(_endless(loader), to_device, args.images, args.repeats, args.warmup)
-        finally:
-            loader.close()
+        return loader, consume, loader.close
     transform = torchvision_views() if name == "torchvision-dataloader" else lightly_views()
     loader = _dataloader(root, transform, args.batch, args.threads, pin=gpu)
 
-    def to_device(batch):
+    def consume(batch):
         views, _ = batch
         views = [v.to(device, non_blocking=True) for v in views]
         return len(views[0])
-    return _time_passes(_endless(loader), to_device, args.images, args.repeats, args.warmup)
+    return loader, consume, lambda: None
+
+
+def time_epoch(loader, consume, max_batches=None) -> float:
+    """Images/s of one epoch, from creating its iterator (worker start-up, prefetch) to its end."""
+    seen, start = 0, time.perf_counter()
+    for k, batch in enumerate(loader):
+        seen += consume(batch)
+        if max_batches is not None and k + 1 >= max_batches:
+            break
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
 
 
 def resnet50_simclr_rate(batch: int, repeats: int) -> list:
@@ -198,9 +180,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads / DataLoader workers per provider")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--images", type=int, default=1024, help="images per timed pass")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up batches")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up batches per provider")
     parser.add_argument("--dataset-size", type=int, default=2000)
     parser.add_argument("--providers", default="auto", help="comma-separated, or auto")
     parser.add_argument("--tag", default=None, help="results file tag (default: the device)")
@@ -222,14 +203,29 @@ def main(argv=None) -> None:
 
     results = Results("loader", device)
     shape = f"B={args.batch},views=2x224x224,threads={args.threads},images={args.dataset_size}x500x375jpeg"
+    made = {name: make_provider(name, root, args, device) for name in providers}
+    for name, (loader, consume, _) in made.items():  # warm-up: imports, caches, DALI build
+        time_epoch(loader, consume, max_batches=args.warmup)
+    rates = {name: [] for name in providers}
+    # Passes interleave the providers, so that a change in the machine's load hits them alike.
+    for _ in range(args.repeats):
+        for name, (loader, consume, _) in made.items():
+            rates[name].append(time_epoch(loader, consume))
+            print(f"  {name:<24} pass {len(rates[name])}: {rates[name][-1]:8.1f} img/s", flush=True)
     medians = {}
+    base = rates.get("torchvision-dataloader")
     for name in providers:
-        rates = sorted(run_provider(name, root, args, device))
-        q = lambda f: float(np.quantile(rates, f))  # noqa: E731
+        got = sorted(rates[name])
+        q = lambda f: float(np.quantile(got, f))  # noqa: E731
         medians[name] = q(0.5)
+        extra = {"threads": args.threads, "passes": [round(r, 1) for r in rates[name]]}
+        if base:
+            extra["ratio_vs_torchvision_per_pass"] = [round(a / b, 3) for a, b in zip(rates[name], base)]
         results.add(Row("ssl_loader", name, "epoch", shape, "float32", "images_per_s", q(0.5), q(0.2), q(0.8),
-                        extra={"threads": args.threads, "passes": [round(r, 1) for r in rates]}))
+                        extra=extra))
         print(f"{name:<24} {q(0.5):8.1f} img/s  (p20 {q(0.2):.1f}, p80 {q(0.8):.1f})", flush=True)
+    for _, _, close in made.values():
+        close()
     if device.type == "cuda":
         rates = sorted(resnet50_simclr_rate(args.batch, args.repeats))
         medians["resnet50-simclr-step"] = float(np.median(rates))
@@ -237,10 +233,11 @@ def main(argv=None) -> None:
                         "bfloat16", "images_per_s", float(np.median(rates)), float(np.quantile(rates, 0.2)),
                         float(np.quantile(rates, 0.8))))
         print(f"{'resnet50-simclr-step':<24} {medians['resnet50-simclr-step']:8.1f} img/s consumed")
-    base = medians.get("torchvision-dataloader")
-    for name, rate in medians.items():
+    for name in providers:
         if base and name != "torchvision-dataloader":
-            print(f"  {name} / torchvision-dataloader = {rate / base:.2f}x")
+            per_pass = [a / b for a, b in zip(rates[name], base)]
+            print(f"  {name} / torchvision-dataloader = {medians[name] / medians['torchvision-dataloader']:.2f}x "
+                  f"(per round: {', '.join(f'{r:.2f}' for r in per_pass)})")
     path = results.save(tag=args.tag)
     print(f"saved {path}")
 
