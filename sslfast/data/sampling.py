@@ -149,14 +149,19 @@ class ViewParams:
     def __len__(self) -> int:
         return len(self.flip)
 
+    @property
+    def recolours(self) -> np.ndarray:
+        """(n,) bool: whether the colour map differs from the identity."""
+        return np.any(self.colour != np.array([1.0, 1.0, 1.0, 0.0], dtype=np.float32), axis=1)
+
     def packed(self) -> np.ndarray:
-        """(n, 12) float32 rows for DALI: roi start (y, x), roi end (y, x), colour (4),
-        blur window, blur sigma, solarize mask (0 or 255), flip (0 or 1)."""
+        """(n, 13) float32 rows for DALI: roi start (y, x), roi end (y, x), colour (4),
+        blur window, blur sigma, solarize mask (0 or 255), flip (0 or 1), recolours (0 or 1)."""
         top, left, h, w = (self.crop[:, k].astype(np.float32) for k in range(4))
         return np.column_stack([
             top, left, top + h, left + w, self.colour,
             self.blur_window.astype(np.float32), self.blur_sigma,
-            np.where(self.solarize, 255.0, 0.0), self.flip.astype(np.float32),
+            np.where(self.solarize, 255.0, 0.0), self.flip.astype(np.float32), self.recolours.astype(np.float32),
         ]).astype(np.float32)
 
 
