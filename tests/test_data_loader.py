@@ -366,6 +366,17 @@ def test_gpu_device_without_cuda_is_a_clear_error(dataset):
         _loader(dataset, "auto", device="gpu")
 
 
+def test_nvjpeg_preallocation_defaults_and_cap():
+    from sslfast.data.dali_backend import MIB, default_nvjpeg_memory
+
+    small = default_nvjpeg_memory(np.array([[375, 500], [480, 640], [300, 300]]), batch_size=64)
+    assert small == {"device_memory_padding": 16 * MIB, "host_memory_padding": 8 * MIB,
+                     "preallocate_height_hint": 480, "preallocate_width_hint": 640}
+    # 256 images of 4000 x 6000 would pin 18 GB: no hardware-decoder preallocation then
+    huge = default_nvjpeg_memory(np.array([[375, 500], [4000, 6000]]), batch_size=256)
+    assert huge["preallocate_height_hint"] == huge["preallocate_width_hint"] == 0
+
+
 def test_missing_or_empty_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         DaliSSLLoader(str(tmp_path / "missing"), 4, device="cpu")

@@ -115,7 +115,8 @@ class DaliSSLLoader:
 
     Args:
         data: an image folder (ImageFolder layout: class subfolders give labels; or images at
-            the top level, unlabelled) or a sequence of paths or (path, label) pairs.
+            the top level, unlabelled), a sequence of paths or (path, label) pairs, or an
+            ImageList from sslfast.data.scan_images (used as is, without checking again).
         batch_size: images per batch on this rank.
         views: number of global views.
         recipe: "simclr", "byol", "barlowtwins", a Recipe, a ViewSpec or a list of ViewSpec
