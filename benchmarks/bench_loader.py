@@ -242,18 +242,5 @@ def main(argv=None) -> None:
     print(f"saved {path}")
 
 
-# pytest-benchmark case (kept out of the default run: `pytest benchmarks/bench_loader.py --benchmark-only`)
-def test_bench_dali_cpu_epoch(benchmark, tmp_path):
-    pytest = __import__("pytest")
-    from sslfast.data import DaliSSLLoader
-    from sslfast.data.dali_backend import dali_unavailable_reason
-
-    if dali_unavailable_reason():
-        pytest.skip(dali_unavailable_reason())
-    root = bench_image_dir(256)
-    loader = DaliSSLLoader(root, 32, crop_size=224, device="cpu", num_threads=2, cache_dir=str(tmp_path))
-    benchmark(lambda: sum(len(b["index"]) for b in loader))
-
-
 if __name__ == "__main__":
     main()
