@@ -12,8 +12,8 @@ by h degrees in the IQ plane and S(s) = diag(1, s, s),
 
 so saturation 1 and hue 0 leave colours unchanged and saturation 0 gives grey
 Y = 0.299 R + 0.587 G + 0.114 B in all three channels (times 1 +- 0.3%: T's rows are
-3-digit roundings, so T^-1 maps (Y, 0, 0) to Y * (0.9997, 0.9996, 1.0028)). (DALI 2.x inverts T exactly; DALI 1.x
-used a rounded inverse, off by up to 2 grey levels.)
+3-digit roundings, so T^-1 maps (Y, 0, 0) to Y * (0.9997, 0.9996, 1.0028)). DALI 2.4 inverts T
+exactly; older releases used a rounded inverse, off by up to 2 grey levels.
 
 Blur (DALI `gaussian_blur`): separable, weights exp(-k^2 / (2 sigma^2)) for |k| <= window // 2,
 normalised to sum 1; borders reflect without repeating the edge pixel (reflect-101), also for
