@@ -14,8 +14,8 @@ Providers (same number of CPU threads / DataLoader workers everywhere):
 
 The bench set is ~2000 500x375 JPEGs (smooth colour fields plus texture, quality 90, sizes like
 ImageNet's) generated once under $SSLFAST_CACHE_DIR/bench_loader_jpegs (default ~/.cache/sslfast),
-never in git. Each provider runs a few warm-up batches, then `--repeats` timed epochs over the
-whole set, from creating the epoch's iterator (worker start-up and prefetch included) to its
+never in git. Each provider runs a few warm-up batches (which start its persistent workers),
+then `--repeats` timed epochs over the whole set, from creating the epoch's iterator to its
 last batch; the providers' epochs are interleaved so that changes in the machine's load hit
 them alike. Rows hold the median and 20th/80th percentiles of images/s over the epochs, and
 the per-epoch ratios to the torchvision DataLoader measured in the same round. On GPU the
@@ -86,7 +86,17 @@ def torchvision_views(size: int = 224):
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     ])
-    return lambda img: [one(img), one(img)]
+    return TwoViews(one)
+
+
+class TwoViews:
+    """Two independent draws of a transform (a class, so that DataLoader workers can unpickle it)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return [self.transform(img), self.transform(img)]
 
 
 def lightly_views(size: int = 224):
@@ -98,9 +108,14 @@ def lightly_views(size: int = 224):
 def _dataloader(root: str, transform, batch: int, threads: int, pin: bool):
     import torchvision
 
+    from sslfast.data.torch_backend import worker_context
+
     dataset = torchvision.datasets.ImageFolder(root, transform=transform)
+    # Persistent workers, started from a clean forkserver once DALI runs in this process (as
+    # the sslfast fallback does): forked next to DALI's threads, workers can crash.
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=threads,
-                                       drop_last=False, pin_memory=pin, prefetch_factor=2)
+                                       drop_last=False, pin_memory=pin, prefetch_factor=2,
+                                       persistent_workers=True, multiprocessing_context=worker_context())
 
 
 def make_provider(name: str, root: str, args, device: torch.device):

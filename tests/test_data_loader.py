@@ -239,6 +239,17 @@ def test_a_batch_left_empty_by_a_bad_file_keeps_its_place(tmp_path, backend):
     assert batches[2]["views"][0].dtype == torch.uint8 and batches[2]["label"].shape == (0,)
 
 
+@pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")
+def test_fallback_workers_start_cleanly_next_to_a_dali_pipeline(dataset):
+    from sslfast.data.torch_backend import worker_context
+
+    with _loader(dataset, "dali") as dali:
+        next(iter(dali))  # DALI's threads and ours run now: forking this process is unsafe
+        assert worker_context().get_start_method() in ("forkserver", "spawn")
+        with _loader(dataset, "torch", num_threads=2) as fallback:
+            assert [len(b["index"]) for b in fallback] == [5, 5, 5, 5, 3]
+
+
 def test_without_dali_the_fallback_runs(dataset, monkeypatch):
     from sslfast.data import dali_backend
 

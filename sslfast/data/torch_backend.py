@@ -73,18 +73,52 @@ class BatchMaker:
 
 
 class _KeyDataset(torch.utils.data.Dataset):
-    def __init__(self, make_batch: BatchMaker, keys: list):
-        self.make_batch, self.keys = make_batch, keys
+    """dataset[key] is the batch of key = (epoch, position, indices)."""
+
+    def __init__(self, make_batch: BatchMaker):
+        self.make_batch = make_batch
+
+    def __getitem__(self, key) -> dict:
+        return self.make_batch(key)
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The keys of the current epoch; the engine swaps them between epochs (workers persist)."""
+
+    def __init__(self):
+        self.keys: list = []
+
+    def __iter__(self):
+        return iter(self.keys)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, k: int) -> dict:
-        return self.make_batch(self.keys[k])
+
+_PRELOAD = ["torch", "numpy", "PIL.Image", "sslfast.data.torch_backend"]
+
+
+def worker_context():
+    """How to start the workers: the platform's default (fork on Linux, the cheapest) unless this
+    process runs other threads or has DALI loaded, whose locks and thread pools a forked child
+    inherits in an undefined state (workers crashed with SIGSEGV that way). Then the workers
+    come from a forkserver that has imported torch and this module once, in a clean process."""
+    import multiprocessing
+    import sys
+    import threading
+
+    if "nvidia.dali" not in sys.modules and threading.active_count() == 1:
+        return None
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)  # no effect once its server runs (it then has them)
+    return context
 
 
 class TorchEngine:
-    """Runs an epoch's batches through a DataLoader with `num_workers` worker processes."""
+    """Runs epochs through one DataLoader whose `num_workers` worker processes persist across
+    epochs (each builds whole batches; see BatchMaker)."""
 
     name = "torch"
 
@@ -92,25 +126,31 @@ class TorchEngine:
                  finish: Optional[Callable] = None, prefetch: int = 2, pin_memory: bool = False):
         self.make_batch = BatchMaker(images, specs, seed=seed, dtype=dtype, finish=finish)
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
+        self.keys = _EpochKeys()
+        self.loader = None
+
+    def _dataloader(self):
+        if self.loader is None:
+            workers = self.num_workers > 0
+            self.loader = torch.utils.data.DataLoader(
+                _KeyDataset(self.make_batch), batch_size=None, sampler=self.keys,
+                num_workers=self.num_workers, pin_memory=self.pin_memory,
+                prefetch_factor=self.prefetch if workers else None, persistent_workers=workers,
+                multiprocessing_context=worker_context() if workers else None,
+            )
+        return self.loader
 
     def run(self, epoch: int, batches: list, first_position: int = 0):
-        """Yields (views, indices, skipped) per batch, in order."""
-        keys = [(epoch, first_position + k, b) for k, b in enumerate(batches)]
-        loader = torch.utils.data.DataLoader(
-            _KeyDataset(self.make_batch, keys), batch_size=None, shuffle=False,
-            num_workers=self.num_workers, pin_memory=self.pin_memory,
-            prefetch_factor=self.prefetch if self.num_workers > 0 else None,
-        )
-        batches = iter(loader)
-        try:
-            for out in batches:
-                yield out["views"], out["index"].numpy(), out["skipped"]
-        finally:
-            # Stop the workers now (an abandoned epoch), not whenever the garbage collector
-            # reaches the iterator: its shutdown may wait seconds for each worker.
-            shutdown = getattr(batches, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+        """Yields (views, indices, skipped) per batch, in order. An epoch abandoned half-way
+        leaves results in flight that the next epoch's start discards."""
+        self.keys.keys = [(epoch, first_position + k, b) for k, b in enumerate(batches)]
+        for out in self._dataloader():
+            yield out["views"], out["index"].numpy(), out["skipped"]
 
     def close(self) -> None:
-        pass
+        if self.loader is not None:
+            iterator = getattr(self.loader, "_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self.loader = None
