@@ -112,7 +112,7 @@ def worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)  # no effect once its server runs (it then has them)
+    context.set_forkserver_preload(_PRELOAD)  # applies when the server first starts
     return context
 
 
