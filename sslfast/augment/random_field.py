@@ -147,32 +147,9 @@ def _generator_for(generator: GeneratorLike, device: torch.device, cache: Option
     return gen
 
 
-def apply_random_fields(
-    images: torch.Tensor,
-    params: P.RandomFieldParams,
-    *,
-    padding: str = "reflect",
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    out_dtype: torch.dtype = torch.float32,
-    backend: Optional[str] = None,
-) -> torch.Tensor:
-    """Apply sampled parameters (from `RandomFieldAugment.sample_params` or
-    `sslfast.augment.params.sample_params`) to a batch.
-
-    Args:
-        images: (B, C, H, W) uint8, or float in [0, 1]; C = 1 or 3 (3 for saturation/hue).
-        params: the fields (B, 9, rows, cols), flags, optional base maps and output size.
-        padding: "reflect" or "zeros".
-        mean, std: per-channel normalisation of the float output, or None.
-        out_dtype: torch.float32 (default), float16, bfloat16 or uint8 (unnormalised).
-        backend: "auto" (None), "cuda", "triton", "numba" or "reference".
-
-    Returns:
-        (B, C, Ho, Wo) tensor of out_dtype on the images' device.
-    """
-    from ..ops.random_field import random_field_apply
-
+def prepare_apply(images, params, *, padding="reflect", mean=None, std=None, out_dtype=torch.float32) -> tuple:
+    """Validate the arguments of apply_random_fields and build what every backend receives:
+    (images, fields, base, out_size, flags, luma, norm_mean, norm_std, out_dtype)."""
     check_images(images)
     V.check_choice("padding", padding, PADDINGS)
     mean, std = _check_output(mean, std, out_dtype)
@@ -204,8 +181,37 @@ def apply_random_fields(
     dev = images.device
     mean_t = torch.tensor(mean, dtype=torch.float32, device=dev) if mean is not None else None
     std_t = torch.tensor(std, dtype=torch.float32, device=dev) if std is not None else None
-    return random_field_apply(images, fields.to(torch.float32), base, out_size, flags, luma, mean_t, std_t,
-                              out_dtype, backend=backend)
+    return images, fields.to(torch.float32), base, out_size, flags, luma, mean_t, std_t, out_dtype
+
+
+def apply_random_fields(
+    images: torch.Tensor,
+    params: P.RandomFieldParams,
+    *,
+    padding: str = "reflect",
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    out_dtype: torch.dtype = torch.float32,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Apply sampled parameters (from `RandomFieldAugment.sample_params` or
+    `sslfast.augment.params.sample_params`) to a batch.
+
+    Args:
+        images: (B, C, H, W) uint8, or float in [0, 1]; C = 1 or 3 (3 for saturation/hue).
+        params: the fields (B, 9, rows, cols), flags, optional base maps and output size.
+        padding: "reflect" or "zeros".
+        mean, std: per-channel normalisation of the float output, or None.
+        out_dtype: torch.float32 (default), float16, bfloat16 or uint8 (unnormalised).
+        backend: "auto" (None), "cuda", "triton", "numba" or "reference".
+
+    Returns:
+        (B, C, Ho, Wo) tensor of out_dtype on the images' device.
+    """
+    from ..ops.random_field import random_field_apply
+
+    args = prepare_apply(images, params, padding=padding, mean=mean, std=std, out_dtype=out_dtype)
+    return random_field_apply(*args, backend=backend)
 
 
 class RandomFieldAugment(nn.Module):
