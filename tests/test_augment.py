@@ -501,3 +501,19 @@ def test_numba_in_forked_dataloader_workers_after_use_in_the_parent():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_contrast_on_a_crop_pivots_on_the_crop(backend):
+    """A box of the output's size is an exact crop (mirrored where flipped); contrast then
+    equals torchvision's adjust_contrast of that crop, whose mean grey is the crop's."""
+    images = _images(torch.Generator().manual_seed(36), (2, 3, 20, 26), torch.float32)
+    boxes = torch.tensor([[2.0, 5.0, 9.0, 12.0], [10.0, 0.0, 9.0, 12.0]])
+    flip = torch.tensor([False, True])
+    params = _constant(2, contrast=0.6)
+    params.base, params.out_size = P.crop_base(boxes, (9, 12), flip), (9, 12)
+    out = _apply(images, params, backend)
+    for b, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        crop = images[b:b + 1, :, top:top + h, left:left + w]
+        expected = TF.adjust_contrast(crop.flip(-1) if flip[b] else crop, 1.6)
+        torch.testing.assert_close(out[b:b + 1], expected, rtol=0, atol=1e-5)
