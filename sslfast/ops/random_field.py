@@ -76,10 +76,13 @@ def _numba_impl(images, fields, base, out_size, flags, luma, norm_mean, norm_std
     def array(t):
         return unused if t is None else t.detach().to(torch.float32).contiguous().numpy()
 
+    # A flat view of the images' memory from their first element, indexed with the strides.
+    span = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride()))
+    flat = torch.as_strided(x, (span,), (1,)).numpy()
     random_field_warp(
-        x.numpy(), 255.0 if x.dtype == torch.uint8 else 1.0,
+        flat, tuple(x.stride()), x.shape[2], x.shape[3], 255.0 if x.dtype == torch.uint8 else 1.0,
         array(fields), array(base), array(luma), array(norm_mean), array(norm_std),
-        int(flags), norm_mean is not None, out.numpy(), out_u8,
+        int(flags), norm_mean is not None, out.view(-1).numpy(), tuple(out.shape), out_u8,
     )
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
