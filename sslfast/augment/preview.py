@@ -113,6 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override the presets' length scale (fraction of the image side)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default=None, help="auto (default), numba or reference")
+    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default: 100)")
     args = parser.parse_args(argv)
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = [p for p in presets if p not in PRESETS]
@@ -125,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read image {args.image!r}: {exc}")
     fig = render(image, presets, args.views, args.seed, args.length_scale, args.backend)
-    fig.savefig(args.out)
+    fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
     return 0
 
