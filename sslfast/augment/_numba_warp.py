@@ -1,20 +1,35 @@
 r"""CPU kernel of the random-field augmentation, compiled by numba (`@njit(parallel=True)`).
 
-Computes exactly what sslfast.reference.random_field computes (see its docstring for the math),
-fused in one pass over the output: rows of the output (B * Ho of them) are spread over numba's
-threads; for each output pixel the kernel evaluates the parameter fields (incrementally along
-the row, see random_field_warp), builds the sampling position, gathers the 4 bilinear taps per
-channel, applies the colour transform and writes the normalised (or uint8) value. Nothing of
-size B x H x W is allocated besides the output (the reference materialises a dozen full-size
-temporaries: the upsampled fields, the grid, the HSV planes). The input is read through a flat
-1-D view with explicit element strides, so any layout (a permuted channels-last batch
-included) costs the same, and the four bilinear tap offsets are computed once per pixel and
-reused for every channel.
+Computes what sslfast.reference.random_field computes (its docstring has the math) in one
+fused pass: nothing of size B x H x W is allocated besides the output, where the reference
+materialises a dozen full-size temporaries (the upsampled fields, the grid, the HSV planes).
 
-Numerics: float64 scalars (numba's default for Python floats; free for scalar code), stored as
-float32 / uint8. The uniform `flags` branches are hoisted out of the inner loop by LLVM.
-Compiled once per (input dtype, output dtype, layout) with cache=True, so later processes
-(DataLoader workers) load the machine code from numba's cache instead of recompiling.
+Work split: the B * Ho output rows are cut into one chunk per numba thread (prange); a chunk
+owns a few row buffers of Wo elements and runs each row through four stages:
+
+  1. fields (scalar, float64): the parameter fields along the row. Inside a control cell
+     (about ell / 4 pixels wide) bilinear interpolation is linear in x, so the fields are
+     evaluated exactly at the cell's first pixel and then advanced by constant increments:
+     values by addition, (cos, sin) of rotation and shear by a rotation through the per-pixel
+     angle increment, exp(-scale) by a product. At the next cell the functions are turned
+     through the small difference between the exact new value and the one they hold (Taylor
+     series, |d| < 0.1), so libm runs only at a row's first pixel: six libm calls per pixel
+     become a few multiply-adds, and the drift is a few ulp of float64 per pixel. Output:
+     the sampling position (qx, qy) per pixel and the colour factors.
+  2. gather (scalar): the four bilinear tap offsets and weights per pixel, computed once and
+     reused for every channel, read through a flat view of the input with explicit element
+     strides (any layout, a permuted channels-last batch included, costs the same).
+  3. colour (float32 loops without branches, which LLVM vectorises): brightness, contrast,
+     saturation, and the HSV hue shift, whose HSV -> RGB step uses the closed form
+     c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for r, g, b,
+     the same numbers as torchvision's six-way table (p = v (1 - s), q = v (1 - s f),
+     t = v (1 - s (1 - f))) up to rounding.
+  4. store (vectorised): normalise, or round to uint8, into the C-contiguous output.
+
+Numerics: positions in float64, colour in float32 (the reference's precision); float input
+with every strength zero is copied exactly. error_model="numpy" (no ZeroDivisionError branch on
+every division). Compiled once per (input dtype, output dtype) with cache=True, so DataLoader
+workers load the machine code from numba's cache instead of recompiling.
 Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker).
 """
 import math
@@ -35,7 +50,7 @@ F_SATURATION = 1 << 6
 F_HUE = 1 << 7
 F_REFLECT = 1 << 8
 F_NO_RESAMPLE = 1 << 9
-LUMA_R, LUMA_G, LUMA_B = 0.2989, 0.587, 0.114
+LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -46,97 +61,37 @@ def _reflect_clip(q, size):
     t = abs(q + 0.5)
     flips = math.floor(t / size)
     extra = t - flips * size
-    if int(flips) % 2 == 0:
+    if flips % 2 == 0:
         q = extra - 0.5
     else:
         q = size - extra - 0.5
     return min(max(q, 0.0), size - 1.0)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _taps(qx, qy, height, width, sxh, sxw):
-    """Offsets and weights of the 4 bilinear taps at (qx, qy); a tap outside the image gets
-    weight 0 and offset 0 (a valid address), i.e. zero padding."""
-    x0 = math.floor(qx)
-    y0 = math.floor(qy)
-    wx1 = qx - x0
-    wy1 = qy - y0
-    ix0 = int(x0)
-    iy0 = int(y0)
-    in_x0 = 0 <= ix0 < width
-    in_x1 = 0 <= ix0 + 1 < width
-    in_y0 = 0 <= iy0 < height
-    in_y1 = 0 <= iy0 + 1 < height
-    row0 = iy0 * sxh
-    row1 = row0 + sxh
-    col0 = ix0 * sxw
-    col1 = col0 + sxw
-    w00 = (1.0 - wy1) * (1.0 - wx1) if in_y0 and in_x0 else 0.0
-    w01 = (1.0 - wy1) * wx1 if in_y0 and in_x1 else 0.0
-    w10 = wy1 * (1.0 - wx1) if in_y1 and in_x0 else 0.0
-    w11 = wy1 * wx1 if in_y1 and in_x1 else 0.0
-    o00 = row0 + col0 if w00 != 0.0 else 0
-    o01 = row0 + col1 if w01 != 0.0 else 0
-    o10 = row1 + col0 if w10 != 0.0 else 0
-    o11 = row1 + col1 if w11 != 0.0 else 0
-    return o00, o01, o10, o11, w00, w01, w10, w11
+@njit(cache=True, inline="always")
+def _sincos_small(d):
+    """(cos d, sin d): Taylor series to d^9 for |d| < 0.1 (truncation < 1e-18), libm beyond."""
+    if abs(d) >= 0.1:
+        return math.cos(d), math.sin(d)
+    d2 = d * d
+    s = d * (1.0 - d2 * (1.0 / 6.0) * (1.0 - d2 * (1.0 / 20.0) * (1.0 - d2 * (1.0 / 42.0) * (1.0 - d2 * (1.0 / 72.0)))))
+    c = 1.0 - d2 * 0.5 * (1.0 - d2 * (1.0 / 12.0) * (1.0 - d2 * (1.0 / 30.0) * (1.0 - d2 * (1.0 / 56.0))))
+    return c, s
 
 
 @njit(cache=True, inline="always")
-def _clamp01(v):
-    return min(max(v, 0.0), 1.0)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _hue_shift(r, g, b, shift):
-    """torchvision's adjust_hue for one pixel: RGB -> HSV, h += shift (mod 1), -> RGB."""
-    maxc = max(r, g, b)
-    minc = min(r, g, b)
-    eqc = maxc == minc
-    cr = maxc - minc
-    s = cr / (1.0 if eqc else maxc)
-    inv_cr = 1.0 / (1.0 if eqc else cr)
-    rc = (maxc - r) * inv_cr
-    gc = (maxc - g) * inv_cr
-    bc = (maxc - b) * inv_cr
-    h = 0.0
-    if maxc == r:
-        h = bc - gc
-    elif maxc == g:
-        h = 2.0 + rc - bc
-    else:
-        h = 4.0 + gc - rc
-    h = h * (1.0 / 6.0) + 1.0
-    h = h - math.floor(h)  # fmod(h, 1) of a positive number
-    h = h + shift
-    h = h - math.floor(h)
-    # HSV -> RGB without the six-way branch: channel n in (5, 3, 1) for (r, g, b) is
-    # v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6, which is torchvision's
-    # (v, q, p, p, t, v) / (t, v, v, q, p, p) / (p, p, t, v, v, q) table (p = v (1 - s),
-    # q = v (1 - s f), t = v (1 - s (1 - f)), f = frac(6 h)) up to rounding.
-    v = maxc
-    vs = v * s
-    h6 = h * 6.0
-    k = 5.0 + h6
-    if k >= 6.0:
-        k -= 6.0
-    r = v - vs * min(max(min(k, 4.0 - k), 0.0), 1.0)
-    k = 3.0 + h6
-    if k >= 6.0:
-        k -= 6.0
-    g = v - vs * min(max(min(k, 4.0 - k), 0.0), 1.0)
-    k = 1.0 + h6
-    if k >= 6.0:
-        k -= 6.0
-    b = v - vs * min(max(min(k, 4.0 - k), 0.0), 1.0)
-    return r, g, b
+def _exp_small(d):
+    """exp(d): Taylor series to d^8 for |d| < 0.1 (truncation < 3e-15), libm beyond."""
+    if abs(d) >= 0.1:
+        return math.exp(d)
+    return 1.0 + d * (1.0 + d * 0.5 * (1.0 + d * (1.0 / 3.0) * (1.0 + d * 0.25 * (1.0 + d * 0.2 * (
+        1.0 + d * (1.0 / 6.0) * (1.0 + d * (1.0 / 7.0) * (1.0 + d * 0.125)))))))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _seed(fields, b, k, gy0, gy1, wy, gx0, gx1, wx, fx):
     """Field k's value at the start of a control cell's run of pixels and its change per output
-    pixel along the row: at a fixed row, bilinear interpolation is linear in x inside a cell,
-    so value + n * slope is exact n pixels further on (up to rounding)."""
+    pixel along the row (value + n * slope is exact n pixels further on, up to rounding)."""
     f00 = fields[b, k, gy0, gx0]
     f01 = fields[b, k, gy0, gx1]
     f10 = fields[b, k, gy1, gx0]
@@ -148,22 +103,20 @@ def _seed(fields, b, k, gy0, gy1, wy, gx0, gx1, wx, fx):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def random_field_warp(x, strides, height, width, in_div, fields, base, luma, norm_mean, norm_std, flags, normalize,
-                      out, out_shape, out_u8):
+                      out, out_shape, out_u8, threads):
     """Fill out, the flat float32 or uint8 (out_u8) storage of a C-contiguous (B, C, Ho, Wo)
     batch of shape out_shape, from the image batch x.
 
     x: a flat uint8 or float32 view of the images' memory; strides: their (b, c, h, w) strides in
-    elements; height, width: the input size. in_div: 255.0 for uint8 input, 1.0 for float.
-    fields (B, 9, GH, GW), base (B, 6), luma (B,), norm_mean / norm_std (C,) float32 (ignored
-    unless normalize). flags: F_* bits.
-
-    Along a row the fields are linear inside each control cell (about ell / 4 pixels wide), so
-    the row walks cell by cell: at a cell's first pixel the fields and the transcendental
-    functions are evaluated exactly, then advanced per pixel by their constant increments:
-    the field values by addition, (cos, sin) of rotation and shear by a rotation through the
-    per-pixel angle increment, exp(-scale) by a product. This replaces four libm calls per
-    pixel by a few multiply-adds; the drift over a cell is a few ulp of float64.
+    elements; height, width: the input size. in_div: 255.0 for uint8 input, 1.0 for float (the
+    kernel multiplies by its inverse). fields (B, 9, GH, GW), base (B, 6), luma (B,),
+    norm_mean / norm_std (C,) float32 (ignored unless normalize). flags: F_* bits. threads:
+    numba.get_num_threads() of the caller (read outside: inside, it would stop the caching).
     """
+    # float32 constants (numba would promote Python floats, and so the colour loops, to float64)
+    ZERO, ONE, TWO, FOUR, SIX = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(4.0), np.float32(6.0)
+    SIXTH = np.float32(1.0 / 6.0)
+    LUMA_R, LUMA_G, LUMA_B = np.float32(LUMA[0]), np.float32(LUMA[1]), np.float32(LUMA[2])
     batch, channels, out_h, out_w = out_shape
     plane = out_h * out_w
     sxb, sxc, sxh, sxw = strides
@@ -172,131 +125,248 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
     fx = (grid_w - 1) / (out_w - 1) if out_w > 1 else 0.0
     cx = (out_w - 1) * 0.5
     cy = (out_h - 1) * 0.5
-    unit = 1.0 / in_div  # exactly 1 for float input: the identity stays exact
+    # float64 product rounded once to float32: x / 255 as the reference has it (a float32
+    # reciprocal would be off by an ulp); exactly 1 for float input, so identities stay exact
+    unit = 1.0 / in_div
     resample = (flags & F_NO_RESAMPLE) == 0
     reflect = (flags & F_REFLECT) != 0
+    translate = (flags & F_TRANSLATE) != 0
     rotate = (flags & F_ROTATE) != 0
     shear = (flags & F_SHEAR) != 0
     scale = (flags & F_SCALE) != 0
-    for row in prange(batch * out_h):
-        b = row // out_h
-        y = row - b * out_h
-        gy = y * fy
-        gy0 = min(int(math.floor(gy)), grid_h - 1)
-        gy1 = min(gy0 + 1, grid_h - 1)
-        wy = gy - gy0
-        a11, a12, b1 = base[b, 0], base[b, 1], base[b, 2]
-        a21, a22, b2 = base[b, 3], base[b, 4], base[b, 5]
-        cell = -1
-        # per-pixel values and increments of the fields used directly ...
-        t_x = t_y = bright = contrast = sat = hue = 0.0
-        dt_x = dt_y = dbright = dcontrast = dsat = dhue = 0.0
-        # ... and of the functions of the others: (cos, sin) by rotation, exp by product
-        cos_r = sin_r = cos_dr = sin_dr = 0.0
-        cos_h = sin_h = cos_dh = sin_dh = 0.0
-        shrink = shrink_step = 1.0
-        for xo in range(out_w):
-            gx0 = min(int(xo * fx), grid_w - 1)  # xo * fx >= 0: int() is floor
-            if gx0 != cell:
-                cell = gx0
-                gx1 = min(gx0 + 1, grid_w - 1)
-                wx = xo * fx - gx0
-                t_x, dt_x = _seed(fields, b, 0, gy0, gy1, wy, gx0, gx1, wx, fx)
-                t_y, dt_y = _seed(fields, b, 1, gy0, gy1, wy, gx0, gx1, wx, fx)
-                bright, dbright = _seed(fields, b, 5, gy0, gy1, wy, gx0, gx1, wx, fx)
-                contrast, dcontrast = _seed(fields, b, 6, gy0, gy1, wy, gx0, gx1, wx, fx)
-                sat, dsat = _seed(fields, b, 7, gy0, gy1, wy, gx0, gx1, wx, fx)
-                hue, dhue = _seed(fields, b, 8, gy0, gy1, wy, gx0, gx1, wx, fx)
-                if rotate:
-                    angle, dangle = _seed(fields, b, 2, gy0, gy1, wy, gx0, gx1, wx, fx)
-                    cos_r, sin_r = math.cos(angle), math.sin(angle)
-                    cos_dr, sin_dr = math.cos(dangle), math.sin(dangle)
-                if shear:
-                    angle, dangle = _seed(fields, b, 4, gy0, gy1, wy, gx0, gx1, wx, fx)
-                    cos_h, sin_h = math.cos(angle), math.sin(angle)
-                    cos_dh, sin_dh = math.cos(dangle), math.sin(dangle)
-                if scale:
-                    log_scale, dlog_scale = _seed(fields, b, 3, gy0, gy1, wy, gx0, gx1, wx, fx)
-                    shrink, shrink_step = math.exp(-log_scale), math.exp(-dlog_scale)
-            else:
-                t_x += dt_x
-                t_y += dt_y
-                bright += dbright
-                contrast += dcontrast
-                sat += dsat
-                hue += dhue
-                if rotate:
-                    cos_r, sin_r = cos_r * cos_dr - sin_r * sin_dr, sin_r * cos_dr + cos_r * sin_dr
-                if shear:
-                    cos_h, sin_h = cos_h * cos_dh - sin_h * sin_dh, sin_h * cos_dh + cos_h * sin_dh
-                if scale:
-                    shrink *= shrink_step
-            v0 = 0.0
-            v1 = 0.0
-            v2 = 0.0
+    brightness = (flags & F_BRIGHTNESS) != 0
+    contrast = (flags & F_CONTRAST) != 0
+    saturation = (flags & F_SATURATION) != 0
+    hue = (flags & F_HUE) != 0
+    rows = batch * out_h
+    chunks = max(1, min(rows, threads))
+    per_chunk = (rows + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        qx = np.empty(out_w)
+        qy = np.empty(out_w)
+        k_bright = np.empty(out_w, np.float32)
+        k_contrast = np.empty(out_w, np.float32)
+        k_sat = np.empty(out_w, np.float32)
+        shift = np.empty(out_w, np.float32)
+        v0 = np.empty(out_w, np.float32)
+        v1 = np.zeros(out_w, np.float32)  # stay zero for one-channel images
+        v2 = np.zeros(out_w, np.float32)
+        for row in range(chunk * per_chunk, min(rows, (chunk + 1) * per_chunk)):
+            b = row // out_h
+            y = row - b * out_h
+
+            # 1. fields along the row, cell by cell
+            gy = y * fy
+            gy0 = min(int(gy), grid_h - 1)  # gy >= 0: int() is floor
+            gy1 = min(gy0 + 1, grid_h - 1)
+            wy = gy - gy0
+            a11, a12, b1 = base[b, 0], base[b, 1], base[b, 2]
+            a21, a22, b2 = base[b, 3], base[b, 4], base[b, 5]
+            cell = -1
+            t_x = t_y = bright = contr = sat = hue_v = 0.0
+            dt_x = dt_y = dbright = dcontr = dsat = dhue = 0.0
+            # rotation / shear angle and log scale that (cos, sin) and the shrink factor hold now
+            rot = cos_r = sin_r = cos_dr = sin_dr = drot = 0.0
+            shr = cos_h = sin_h = cos_dh = sin_dh = dshr = 0.0
+            log_s = dlog_s = 0.0
+            shrink = shrink_step = 1.0
+            for xo in range(out_w):
+                gx0 = min(int(xo * fx), grid_w - 1)
+                if gx0 != cell:
+                    first = cell < 0
+                    cell = gx0
+                    gx1 = min(gx0 + 1, grid_w - 1)
+                    wx = xo * fx - gx0
+                    if translate:
+                        t_x, dt_x = _seed(fields, b, 0, gy0, gy1, wy, gx0, gx1, wx, fx)
+                        t_y, dt_y = _seed(fields, b, 1, gy0, gy1, wy, gx0, gx1, wx, fx)
+                    if brightness:
+                        bright, dbright = _seed(fields, b, 5, gy0, gy1, wy, gx0, gx1, wx, fx)
+                    if contrast:
+                        contr, dcontr = _seed(fields, b, 6, gy0, gy1, wy, gx0, gx1, wx, fx)
+                    if saturation:
+                        sat, dsat = _seed(fields, b, 7, gy0, gy1, wy, gx0, gx1, wx, fx)
+                    if hue:
+                        hue_v, dhue = _seed(fields, b, 8, gy0, gy1, wy, gx0, gx1, wx, fx)
+                    # exact functions at the row's first pixel; at later cells, turn (cos, sin)
+                    # through the small angle between the exact value and the one they hold
+                    if rotate:
+                        angle, drot = _seed(fields, b, 2, gy0, gy1, wy, gx0, gx1, wx, fx)
+                        if first:
+                            cos_r, sin_r = math.cos(angle), math.sin(angle)
+                        else:
+                            c, s_ = _sincos_small(angle - rot)
+                            cos_r, sin_r = cos_r * c - sin_r * s_, sin_r * c + cos_r * s_
+                        rot = angle
+                        cos_dr, sin_dr = _sincos_small(drot)
+                    if shear:
+                        angle, dshr = _seed(fields, b, 4, gy0, gy1, wy, gx0, gx1, wx, fx)
+                        if first:
+                            cos_h, sin_h = math.cos(angle), math.sin(angle)
+                        else:
+                            c, s_ = _sincos_small(angle - shr)
+                            cos_h, sin_h = cos_h * c - sin_h * s_, sin_h * c + cos_h * s_
+                        shr = angle
+                        cos_dh, sin_dh = _sincos_small(dshr)
+                    if scale:
+                        value, dlog_s = _seed(fields, b, 3, gy0, gy1, wy, gx0, gx1, wx, fx)
+                        shrink = math.exp(-value) if first else shrink * _exp_small(log_s - value)
+                        log_s = value
+                        shrink_step = _exp_small(-dlog_s)
+                else:
+                    t_x += dt_x
+                    t_y += dt_y
+                    bright += dbright
+                    contr += dcontr
+                    sat += dsat
+                    hue_v += dhue
+                    if rotate:
+                        rot += drot
+                        cos_r, sin_r = cos_r * cos_dr - sin_r * sin_dr, sin_r * cos_dr + cos_r * sin_dr
+                    if shear:
+                        shr += dshr
+                        cos_h, sin_h = cos_h * cos_dh - sin_h * sin_dh, sin_h * cos_dh + cos_h * sin_dh
+                    if scale:
+                        log_s += dlog_s
+                        shrink *= shrink_step
+                k_bright[xo] = max(0.0, 1.0 + bright)
+                k_contrast[xo] = max(0.0, 1.0 + contr)
+                k_sat[xo] = max(0.0, 1.0 + sat)
+                shift[xo] = hue_v
+                if resample:
+                    dx = xo - cx
+                    dy = y - cy
+                    if translate:
+                        dx -= t_x
+                        dy -= t_y
+                    if rotate:
+                        dx, dy = cos_r * dx - sin_r * dy, sin_r * dx + cos_r * dy
+                    if shear:
+                        dx -= sin_h / cos_h * dy
+                    if scale:
+                        dx *= shrink
+                        dy *= shrink
+                    qx0 = dx + cx
+                    qy0 = dy + cy
+                    qx[xo] = a11 * qx0 + a12 * qy0 + b1
+                    qy[xo] = a21 * qx0 + a22 * qy0 + b2
+
+            # 2. gather the channels (bilinear taps, zero or reflect padding), or copy the row
+            p = b * sxb
             if resample:
-                dx = xo - cx
-                dy = y - cy
-                if flags & F_TRANSLATE:
-                    dx -= t_x
-                    dy -= t_y
-                if rotate:
-                    dx, dy = cos_r * dx - sin_r * dy, sin_r * dx + cos_r * dy
-                if shear:
-                    dx -= sin_h / cos_h * dy
-                if scale:
-                    dx *= shrink
-                    dy *= shrink
-                qx0 = dx + cx
-                qy0 = dy + cy
-                qx = a11 * qx0 + a12 * qy0 + b1
-                qy = a21 * qx0 + a22 * qy0 + b2
-                if reflect:
-                    qx = _reflect_clip(qx, width)
-                    qy = _reflect_clip(qy, height)
-                else:  # far outside reads zeros anyway; keep int conversions in range
-                    qx = min(max(qx, -2.0), width + 1.0)
-                    qy = min(max(qy, -2.0), height + 1.0)
-                o00, o01, o10, o11, w00, w01, w10, w11 = _taps(qx, qy, height, width, sxh, sxw)
-                p = b * sxb
-                v0 = (w00 * x[p + o00] + w01 * x[p + o01] + w10 * x[p + o10] + w11 * x[p + o11]) * unit
-                if channels == 3:
-                    p += sxc
-                    v1 = (w00 * x[p + o00] + w01 * x[p + o01] + w10 * x[p + o10] + w11 * x[p + o11]) * unit
-                    p += sxc
-                    v2 = (w00 * x[p + o00] + w01 * x[p + o01] + w10 * x[p + o10] + w11 * x[p + o11]) * unit
+                for xo in range(out_w):
+                    sx, sy = qx[xo], qy[xo]
+                    if reflect:
+                        sx = _reflect_clip(sx, width)
+                        sy = _reflect_clip(sy, height)
+                    else:  # far outside reads zeros anyway; keep int conversions in range
+                        sx = min(max(sx, -2.0), width + 1.0)
+                        sy = min(max(sy, -2.0), height + 1.0)
+                    fx0 = math.floor(sx)
+                    fy0 = math.floor(sy)
+                    wx1 = sx - fx0
+                    wy1 = sy - fy0
+                    ix0 = int(fx0)
+                    iy0 = int(fy0)
+                    in_x0 = 0 <= ix0 < width
+                    in_x1 = 0 <= ix0 + 1 < width
+                    in_y0 = 0 <= iy0 < height
+                    in_y1 = 0 <= iy0 + 1 < height
+                    # a tap outside the image: weight 0 at a valid address (zero padding)
+                    w00 = (1.0 - wy1) * (1.0 - wx1) if in_y0 and in_x0 else 0.0
+                    w01 = (1.0 - wy1) * wx1 if in_y0 and in_x1 else 0.0
+                    w10 = wy1 * (1.0 - wx1) if in_y1 and in_x0 else 0.0
+                    w11 = wy1 * wx1 if in_y1 and in_x1 else 0.0
+                    r0 = iy0 * sxh
+                    c0 = ix0 * sxw
+                    o00 = p + (r0 + c0 if w00 != 0.0 else 0)
+                    o01 = p + (r0 + c0 + sxw if w01 != 0.0 else 0)
+                    o10 = p + (r0 + sxh + c0 if w10 != 0.0 else 0)
+                    o11 = p + (r0 + sxh + c0 + sxw if w11 != 0.0 else 0)
+                    v0[xo] = (w00 * x[o00] + w01 * x[o01] + w10 * x[o10] + w11 * x[o11]) * unit
+                    if channels == 3:
+                        v1[xo] = (w00 * x[o00 + sxc] + w01 * x[o01 + sxc]
+                                  + w10 * x[o10 + sxc] + w11 * x[o11 + sxc]) * unit
+                        o00 += 2 * sxc
+                        o01 += 2 * sxc
+                        o10 += 2 * sxc
+                        o11 += 2 * sxc
+                        v2[xo] = (w00 * x[o00] + w01 * x[o01] + w10 * x[o10] + w11 * x[o11]) * unit
             else:
-                p = b * sxb + y * sxh + xo * sxw
-                v0 = x[p] * unit
+                q = p + y * sxh
+                for xo in range(out_w):
+                    v0[xo] = x[q + xo * sxw] * unit
                 if channels == 3:
-                    v1 = x[p + sxc] * unit
-                    v2 = x[p + 2 * sxc] * unit
-            if flags & F_BRIGHTNESS:
-                k = max(0.0, 1.0 + bright)
-                v0 = _clamp01(k * v0)
-                v1 = _clamp01(k * v1)
-                v2 = _clamp01(k * v2)
-            if flags & F_CONTRAST:
-                k = max(0.0, 1.0 + contrast)
-                m = (1.0 - k) * luma[b]
-                v0 = _clamp01(k * v0 + m)
-                v1 = _clamp01(k * v1 + m)
-                v2 = _clamp01(k * v2 + m)
-            if flags & F_SATURATION:
-                k = max(0.0, 1.0 + sat)
-                grey = (1.0 - k) * (LUMA_R * v0 + LUMA_G * v1 + LUMA_B * v2)
-                v0 = _clamp01(k * v0 + grey)
-                v1 = _clamp01(k * v1 + grey)
-                v2 = _clamp01(k * v2 + grey)
-            if flags & F_HUE:
-                v0, v1, v2 = _hue_shift(v0, v1, v2, hue)
-            o = (b * channels * out_h + y) * out_w + xo
+                    for xo in range(out_w):
+                        v1[xo] = x[q + sxc + xo * sxw] * unit
+                    for xo in range(out_w):
+                        v2[xo] = x[q + 2 * sxc + xo * sxw] * unit
+
+            # 3. colour, element-wise over the row (branch-free: vectorised)
+            if brightness:
+                for i in range(out_w):
+                    k = k_bright[i]
+                    v0[i] = min(max(k * v0[i], ZERO), ONE)
+                    v1[i] = min(max(k * v1[i], ZERO), ONE)
+                    v2[i] = min(max(k * v2[i], ZERO), ONE)
+            if contrast:
+                pivot = np.float32(luma[b])
+                for i in range(out_w):
+                    k = k_contrast[i]
+                    m = (ONE - k) * pivot
+                    v0[i] = min(max(k * v0[i] + m, ZERO), ONE)
+                    v1[i] = min(max(k * v1[i] + m, ZERO), ONE)
+                    v2[i] = min(max(k * v2[i] + m, ZERO), ONE)
+            if saturation:
+                for i in range(out_w):
+                    k = k_sat[i]
+                    grey = (ONE - k) * (LUMA_R * v0[i] + LUMA_G * v1[i] + LUMA_B * v2[i])
+                    v0[i] = min(max(k * v0[i] + grey, ZERO), ONE)
+                    v1[i] = min(max(k * v1[i] + grey, ZERO), ONE)
+                    v2[i] = min(max(k * v2[i] + grey, ZERO), ONE)
+            if hue:
+                for i in range(out_w):
+                    r, g, bl = v0[i], v1[i], v2[i]
+                    maxc = max(r, max(g, bl))
+                    cr = maxc - min(r, min(g, bl))
+                    flat = cr == ZERO
+                    s = cr / (ONE if flat else maxc)
+                    inv_cr = ONE / (ONE if flat else cr)
+                    rc = (maxc - r) * inv_cr
+                    gc = (maxc - g) * inv_cr
+                    bc = (maxc - bl) * inv_cr
+                    h = FOUR + gc - rc
+                    h = TWO + rc - bc if maxc == g else h
+                    h = bc - gc if maxc == r else h
+                    h = h * SIXTH + ONE
+                    h = h - math.floor(h)  # fmod(h, 1) of a positive number
+                    h = h + shift[i]
+                    h = h - math.floor(h)
+                    vs = maxc * s
+                    h6 = h * SIX
+                    k = np.float32(5.0) + h6
+                    k = k - SIX if k >= SIX else k
+                    v0[i] = maxc - vs * min(max(min(k, FOUR - k), ZERO), ONE)
+                    k = np.float32(3.0) + h6
+                    k = k - SIX if k >= SIX else k
+                    v1[i] = maxc - vs * min(max(min(k, FOUR - k), ZERO), ONE)
+                    k = ONE + h6
+                    k = k - SIX if k >= SIX else k
+                    v2[i] = maxc - vs * min(max(min(k, FOUR - k), ZERO), ONE)
+
+            # 4. store
+            o = (b * channels * out_h + y) * out_w
             for c in range(channels):
                 v = v0 if c == 0 else (v1 if c == 1 else v2)
                 if out_u8:
-                    out[o] = math.floor(_clamp01(v) * 255.0 + 0.5)
+                    for i in range(out_w):
+                        # v >= 0 after the clamp: truncation is floor
+                        out[o + i] = np.uint8(np.int32(min(max(v[i], ZERO), ONE) * np.float32(255.0) + np.float32(0.5)))
                 elif normalize:
-                    out[o] = (v - norm_mean[c]) / norm_std[c]
+                    mean, std = norm_mean[c], norm_std[c]
+                    for i in range(out_w):
+                        out[o + i] = (v[i] - mean) / std
                 else:
-                    out[o] = v
+                    for i in range(out_w):
+                        out[o + i] = v[i]
                 o += plane

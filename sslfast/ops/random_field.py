@@ -57,6 +57,7 @@ def _fork_safe_numba_threads() -> None:
 
 
 def _numba_impl(images, fields, base, out_size, flags, luma, norm_mean, norm_std, out_dtype):
+    import numba
     import numpy as np
 
     from ..augment._numba_warp import random_field_warp
@@ -82,7 +83,7 @@ def _numba_impl(images, fields, base, out_size, flags, luma, norm_mean, norm_std
     random_field_warp(
         flat, tuple(x.stride()), x.shape[2], x.shape[3], 255.0 if x.dtype == torch.uint8 else 1.0,
         array(fields), array(base), array(luma), array(norm_mean), array(norm_std),
-        int(flags), norm_mean is not None, out.view(-1).numpy(), tuple(out.shape), out_u8,
+        int(flags), norm_mean is not None, out.view(-1).numpy(), tuple(out.shape), out_u8, numba.get_num_threads(),
     )
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
