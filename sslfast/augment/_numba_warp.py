@@ -37,9 +37,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Flag bits: the values of sslfast.augment.params.F_* (numba cannot read that module's globals
-# from a cached function reliably across processes, so they are repeated here and a test checks
-# they agree).
+# Flag bits: the values of sslfast.augment.params.F_*, repeated so that this module stands
+# alone (a test checks that they agree).
 F_TRANSLATE = 1 << 0
 F_ROTATE = 1 << 1
 F_SCALE = 1 << 2
