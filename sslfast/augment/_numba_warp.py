@@ -33,9 +33,26 @@ workers load the machine code from numba's cache instead of recompiling.
 Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker).
 """
 import math
+import os
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+
+def _use_fork_safe_threads() -> None:
+    """Pick a fork-safe numba threading layer unless the user chose one.
+
+    numba's default order prefers GNU OpenMP when tbb is absent; once a process has run a
+    parallel region on it, every fork() child is terminated ("fork() called from a process
+    already using GNU OpenMP"), which kills DataLoader workers forked after one augmentation in
+    the main process. "forksafe" resolves to tbb where installed, else the workqueue layer.
+    Runs when this module is first imported; no effect once numba has started its threads."""
+    if os.environ.get("NUMBA_THREADING_LAYER") is None and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "forksafe"
+
+
+_use_fork_safe_threads()
 
 # Flag bits: the values of sslfast.augment.params.F_*, repeated so that this module stands
 # alone (a test checks that they agree).

@@ -16,7 +16,6 @@ the name `dispatch.select` resolved. There is no backward: it augments data.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -42,27 +41,11 @@ def _reference_impl(images, fields, base, out_size, flags, luma, norm_mean, norm
     return _reference.random_field_apply(images, fields, base, out_size, flags, luma, norm_mean, norm_std, out_dtype)
 
 
-def _fork_safe_numba_threads() -> None:
-    """Pick a fork-safe numba threading layer unless the user chose one.
-
-    numba's default order prefers GNU OpenMP when tbb is absent; once a process has run a
-    parallel region on it, every fork() child is terminated ("fork() called from a process
-    already using GNU OpenMP"), which kills DataLoader workers forked after one augmentation in
-    the main process. "forksafe" resolves to tbb where installed, else the workqueue layer.
-    Has no effect once numba has started its threads (the user's choice stands)."""
-    import numba
-
-    if os.environ.get("NUMBA_THREADING_LAYER") is None and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "forksafe"
-
-
 def _numba_impl(images, fields, base, out_size, flags, luma, norm_mean, norm_std, out_dtype):
     import numba
     import numpy as np
 
     from ..augment._numba_warp import random_field_warp
-
-    _fork_safe_numba_threads()
 
     batch, channels = images.shape[:2]
     x = images.detach()
