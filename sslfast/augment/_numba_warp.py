@@ -273,32 +273,53 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
                 for xo in range(out_w):
                     sx, sy = qx[xo], qy[xo]
                     if reflect:
+                        # inside [0, size - 1] after the reflection: the right / lower tap is
+                        # outside only when its weight is 0, so clamp its index, no masks
                         sx = _reflect_clip(sx, width)
                         sy = _reflect_clip(sy, height)
-                    else:  # far outside reads zeros anyway; keep int conversions in range
+                        fx0 = math.floor(sx)
+                        fy0 = math.floor(sy)
+                        wx1 = sx - fx0
+                        wy1 = sy - fy0
+                        ix0 = int(fx0)
+                        iy0 = int(fy0)
+                        r0 = iy0 * sxh
+                        r1 = min(iy0 + 1, height - 1) * sxh
+                        c0 = ix0 * sxw
+                        c1 = min(ix0 + 1, width - 1) * sxw
+                        w00 = (1.0 - wy1) * (1.0 - wx1)
+                        w01 = (1.0 - wy1) * wx1
+                        w10 = wy1 * (1.0 - wx1)
+                        w11 = wy1 * wx1
+                        o00 = p + r0 + c0
+                        o01 = p + r0 + c1
+                        o10 = p + r1 + c0
+                        o11 = p + r1 + c1
+                    else:
+                        # far outside reads zeros anyway; keep int conversions in range
                         sx = min(max(sx, -2.0), width + 1.0)
                         sy = min(max(sy, -2.0), height + 1.0)
-                    fx0 = math.floor(sx)
-                    fy0 = math.floor(sy)
-                    wx1 = sx - fx0
-                    wy1 = sy - fy0
-                    ix0 = int(fx0)
-                    iy0 = int(fy0)
-                    in_x0 = 0 <= ix0 < width
-                    in_x1 = 0 <= ix0 + 1 < width
-                    in_y0 = 0 <= iy0 < height
-                    in_y1 = 0 <= iy0 + 1 < height
-                    # a tap outside the image: weight 0 at a valid address (zero padding)
-                    w00 = (1.0 - wy1) * (1.0 - wx1) if in_y0 and in_x0 else 0.0
-                    w01 = (1.0 - wy1) * wx1 if in_y0 and in_x1 else 0.0
-                    w10 = wy1 * (1.0 - wx1) if in_y1 and in_x0 else 0.0
-                    w11 = wy1 * wx1 if in_y1 and in_x1 else 0.0
-                    r0 = iy0 * sxh
-                    c0 = ix0 * sxw
-                    o00 = p + (r0 + c0 if w00 != 0.0 else 0)
-                    o01 = p + (r0 + c0 + sxw if w01 != 0.0 else 0)
-                    o10 = p + (r0 + sxh + c0 if w10 != 0.0 else 0)
-                    o11 = p + (r0 + sxh + c0 + sxw if w11 != 0.0 else 0)
+                        fx0 = math.floor(sx)
+                        fy0 = math.floor(sy)
+                        wx1 = sx - fx0
+                        wy1 = sy - fy0
+                        ix0 = int(fx0)
+                        iy0 = int(fy0)
+                        in_x0 = 0 <= ix0 < width
+                        in_x1 = 0 <= ix0 + 1 < width
+                        in_y0 = 0 <= iy0 < height
+                        in_y1 = 0 <= iy0 + 1 < height
+                        # a tap outside the image: weight 0 at a valid address (zero padding)
+                        w00 = (1.0 - wy1) * (1.0 - wx1) if in_y0 and in_x0 else 0.0
+                        w01 = (1.0 - wy1) * wx1 if in_y0 and in_x1 else 0.0
+                        w10 = wy1 * (1.0 - wx1) if in_y1 and in_x0 else 0.0
+                        w11 = wy1 * wx1 if in_y1 and in_x1 else 0.0
+                        r0 = iy0 * sxh
+                        c0 = ix0 * sxw
+                        o00 = p + (r0 + c0 if w00 != 0.0 else 0)
+                        o01 = p + (r0 + c0 + sxw if w01 != 0.0 else 0)
+                        o10 = p + (r0 + sxh + c0 if w10 != 0.0 else 0)
+                        o11 = p + (r0 + sxh + c0 + sxw if w11 != 0.0 else 0)
                     v0[xo] = (w00 * x[o00] + w01 * x[o01] + w10 * x[o10] + w11 * x[o11]) * unit
                     if channels == 3:
                         v1[xo] = (w00 * x[o00 + sxc] + w01 * x[o01 + sxc]
