@@ -23,7 +23,7 @@ Samplers
     upsampling. Smoothing white noise with a Gaussian of standard deviation s gives covariance
     exp(-d^2 / (4 s^2)), so s = ell / sqrt(2). The noise lives on a control grid of nodes
     `spacing` = ell / 4 pixels apart (at least 1 pixel, at most the full resolution), padded by
-    4 s on every side so that every node sees a complete kernel: the field is stationary up to
+    3 s on every side so that every node sees a complete kernel: the field is stationary up to
     the image border. Smoothing is two small dense matmuls, f = G_y N G_x^T, with the 1-D
     kernels normalised to unit sum of squares, which makes every node's variance exactly 1.
     The control grid, about (H / spacing + 1) x (W / spacing + 1) nodes (17 x 17 for ell = 56 px
@@ -47,7 +47,10 @@ import torch.nn.functional as F
 
 SAMPLERS = ("fast", "spectral")
 NODES_PER_LENGTH_SCALE = 4  # control-grid nodes per ell of the fast sampler
-_SMOOTHING_RADIUS = 4.0  # kernel support in standard deviations (weight^2 beyond: < 1e-7)
+# Kernel support in standard deviations s. The variance of the smoothed noise sums w(d)^2, a
+# Gaussian of std s / sqrt(2): beyond 3 s lies 2e-5 of it per axis (and the truncated kernel is
+# renormalised, so the variance stays exactly 1).
+_SMOOTHING_RADIUS = 3.0
 _TORUS_MARGIN = 5.0  # spectral sampler: torus margin in length scales
 _TORUS_CAP = 16  # ... at most this many times the image's larger side
 
