@@ -94,3 +94,42 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+def check_same_dtype(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
+
+
+def check_fraction(name: str, value, *, allow_zero: bool = False) -> float:
+    """A real number in (0, 1] (or [0, 1])."""
+    value = check_positive(name, value, allow_zero=allow_zero)
+    if value > 1:
+        low = "[0" if allow_zero else "(0"
+        raise ValueError(f"{name} must be in {low}, 1], got {value}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_index(name: str, index, *, length: int, size: int, distinct: bool = True) -> torch.Tensor:
+    """A 1-D integer tensor of `length` entries in [0, size), pairwise distinct. The value checks
+    read back to the host, so they follow the finiteness check's switch (SSLFAST_CHECK_FINITE)."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of sample indices, got {type(index).__name__}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
+    if index.dim() != 1 or index.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
+    if index.numel() and _check_finite_enabled():
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= size:
+            raise ValueError(f"{name} must lie in [0, {size}), got values from {low} to {high}")
+        if distinct and torch.unique(index).numel() != index.numel():
+            raise ValueError(f"{name} must not repeat a sample within a batch, got {index.numel()} entries "
+                             f"with {torch.unique(index).numel()} distinct")
+    return index

@@ -129,7 +129,7 @@ def select(op: str, *tensors: torch.Tensor, backend: Optional[str] = None, **kwa
     for name, impl in candidates.items():
         reasons = impl.not_supported_reasons(*tensors, **kwargs)
         if not reasons:
-            if log.isEnabledFor(logging.DEBUG):
+            if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):  # no graph break
                 log.debug("%s: %s (skipped: %s)", op, name, "; ".join(skipped) or "none")
             return impl
         skipped.append(f"{name}: {', '.join(reasons)}")
