@@ -37,7 +37,7 @@ for _op, _loss in LOSSES.items():
 # Triton kernel set
 # --------------------------------------------------------------------------------------------
 
-def _triton_standardize(z0, z1, eps, ddof, rescale):
+def _triton_standardize(z0, z1, eps, ddof, rescale, rows=(0, 1, 2, 3)):  # all rows come free
     from .crosscorr_standardize import crosscorr_standardize
 
     y0, y1, stats, _ = crosscorr_standardize(z0, z1, float(eps), int(ddof), bool(rescale))

@@ -105,8 +105,12 @@ this reference (plain matmuls, the Gram and cross matrices saved for backward):
     vicreg                8       8         N < D                 2 N^2   vs  2 D^2
     mixed_barlow_twins   12      18         N < 1.5 D             3 N^2   vs  3 D^2
 
-("auto" minimises FLOPs + MACHINE_BALANCE * bytes, MACHINE_BALANCE = 32 FLOP/byte, a nominal
-figure that only moves the choice near the crossover.) The choice is logged at DEBUG level on the
+Bytes count 12 per fp32 element of the intermediates (written once, read twice). "auto" minimises
+FLOPs + MACHINE_BALANCE * bytes, MACHINE_BALANCE = 32 FLOP/byte, a nominal figure that only moves
+the choice near the crossover. The Triton kernel set declares its own coefficients
+(sslfast/ops/crosscorr.py: symmetric Grams halve its forward, the cross form recomputes C in its
+backward instead of storing it): gram 6 / 6 / 9 against cross 8 / 10 / 24. With
+gather_distributed, N is the global batch. The choice is logged at DEBUG level on the
 "sslfast.dispatch" logger and shown by `python -m sslfast.info`.
 
 Distributed (gather_distributed=True)
@@ -152,11 +156,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class CrossCorrKernels:
     """A backend's implementation of the three cross-correlation primitives.
 
-    standardize(z0, z1, eps, ddof, rescale) -> (out0, out1, stats)
+    standardize(z0, z1, eps, ddof, rescale, rows) -> (out0, out1, stats)
         out_k = (z_k - mean_n z_k) * (var_k + eps)^-1/2 if rescale else z_k - mean_n z_k, with
         var over N - ddof, in z_k's dtype; z1 may be None (then out1 is None). stats (4, D) in
         the compute dtype, taken from the stored outputs: sum_n out0^2, sum_n out1^2,
-        sum_n out0 * out1, sum_n (z0 - z1)^2 (rows 1-3 are zero when z1 is None).
+        sum_n out0 * out1, sum_n (z0 - z1)^2 (rows 1-3 are zero when z1 is None). `rows` names
+        the rows the caller reads; a kernel may leave the others zero (the reference skips
+        them, a fused kernel computes all four at no extra cost).
     gram(x, row_start, row_end) -> x[row_start:row_end] @ x^T in the compute dtype.
     cross_sq(a, b, col_start, col_end) -> ||a^T b[:, col_start:col_end]||_F^2 (b None: b = a).
     flops / intermediates: per loss, (k_gram, k_cross) of the cost model above.
@@ -175,22 +181,32 @@ def _standardize_one(z, eps, ddof, rescale):
     centred = x - x.mean(0)
     if not rescale:
         return centred.to(z.dtype)
-    var = centred.pow(2).sum(0) / (z.shape[0] - ddof)
+    var = x.var(0, correction=ddof)  # one fused pass, no (N, D) temporary
     return (centred * torch.rsqrt(var + eps)).to(z.dtype)
 
 
-def standardize(z0, z1, eps: float, ddof: int, rescale: bool):
+def standardize(z0, z1, eps: float, ddof: int, rescale: bool, rows=(0, 1, 2, 3)):
     """Reference of the standardisation primitive (see CrossCorrKernels); plain autograd."""
     cdt = compute_dtype(z0.dtype)
     out0 = _standardize_one(z0, eps, ddof, rescale)
+    out1 = None if z1 is None else _standardize_one(z1, eps, ddof, rescale)
     a = out0.to(cdt)
-    if z1 is None:
-        zero = torch.zeros_like(a[0])
-        return out0, None, torch.stack([a.pow(2).sum(0), zero, zero, zero])
-    out1 = _standardize_one(z1, eps, ddof, rescale)
-    b = out1.to(cdt)
-    diff = z0.to(cdt) - z1.to(cdt)
-    return out0, out1, torch.stack([a.pow(2).sum(0), b.pow(2).sum(0), (a * b).sum(0), diff.pow(2).sum(0)])
+    b = None if z1 is None else out1.to(cdt)
+    zero = torch.zeros_like(a[0])
+
+    def column_sum(k):
+        if k not in rows or (z1 is None and k > 0):
+            return zero
+        if k == 0:
+            return (a * a).sum(0)
+        if k == 1:
+            return (b * b).sum(0)
+        if k == 2:
+            return (a * b).sum(0)
+        diff = z0.to(cdt) - z1.to(cdt)
+        return (diff * diff).sum(0)
+
+    return out0, out1, torch.stack([column_sum(k) for k in range(4)])
 
 
 class _Gram(torch.autograd.Function):
@@ -367,7 +383,7 @@ def barlow_twins_loss(
     n, d = z0.shape
     mode = choose_mode("barlow_twins", n, d, mode, kernels)
     split = _Split.make(n, d, gather)
-    a, b, stats = kernels.standardize(z0, z1, eps, 0, True)
+    a, b, stats = kernels.standardize(z0, z1, eps, 0, True, (2,))
     diag = stats[2] / n  # c_ii
     if mode == "gram":
         (r0, r1) = split.rows
@@ -398,7 +414,7 @@ def vicreg_loss(
     n, d = z0.shape
     mode = choose_mode("vicreg", n, d, mode, kernels)
     split = _Split.make(n, d, gather)
-    x0, x1, stats = kernels.standardize(z0, z1, 0.0, 1, False)  # centred only
+    x0, x1, stats = kernels.standardize(z0, z1, 0.0, 1, False, (0, 1, 3))  # centred only
     invariance = stats[3].sum() / (n * d)  # F.mse_loss(z0, z1)
     variance = 0.0
     covariance = 0.0
@@ -448,8 +464,8 @@ def mixed_barlow_twins_loss(
     n, d = z0.shape
     mode = choose_mode("mixed_barlow_twins", n, d, mode, kernels)
     split = _Split.make(n, d, gather)
-    a, b, stats = kernels.standardize(z0, z1, eps, 1, True)
-    m, _, _ = kernels.standardize(z_mixed, None, eps, 1, True)
+    a, b, stats = kernels.standardize(z0, z1, eps, 1, True, (2,))
+    m, _, _ = kernels.standardize(z_mixed, None, eps, 1, True, ())
     w = alpha_rows[:, None]
     residual = (m.to(cdt) - w * a.to(cdt) - (1 - w) * b.to(cdt)[index]).to(a.dtype)
     diag = stats[2] / n
