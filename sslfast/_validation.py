@@ -134,3 +134,36 @@ def check_index(name: str, index, *, length: int, size: int, distinct: bool = Tr
             raise ValueError(f"{name} must not repeat a sample within a batch, got {index.numel()} entries "
                              f"with {torch.unique(index).numel()} distinct")
     return index
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values back to the host run (see the module docstring)."""
+    return _check_finite_enabled()
+
+
+def check_index_range(name: str, idx, *, length: int, device, low: int, high: int) -> torch.Tensor:
+    """An integer (length,) tensor on `device` with values in [low, high), returned as int64.
+    The value range is checked where value checks are enabled (it reads the tensor back)."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {idx.dtype}")
+    if idx.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(idx.shape)}")
+    if idx.device != torch.device(device):
+        raise ValueError(f"{name} must be on {device}, got {idx.device}")
+    if length and value_checks_enabled():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < low or hi >= high:
+            raise ValueError(f"{name} values must lie in [{low}, {high - 1}], got values from {lo} to {hi}")
+    return idx.to(torch.int64)
+
+
+def check_finite_real(name: str, value) -> float:
+    """A finite real number (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number or a tensor, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value

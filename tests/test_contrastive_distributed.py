@@ -83,6 +83,9 @@ def _worker(rank, world_size, names):
             rows = slice(rank * BATCH, (rank + 1) * BATCH)
             result = _step(name, model, loss_fn, views[:, rows], index[rows])
         out[name] = result + (_state(loss_fn),)
+    # DCL needs 2 samples over the global batch, not per rank
+    torch.manual_seed(rank)
+    out["dcl_local_batch_of_one"] = L.DCLLoss(gather_distributed=True)(torch.randn(1, 4), torch.randn(1, 4))
     return out
 
 
@@ -118,12 +121,5 @@ def test_gather_distributed_equals_single_process(name, distributed_results):
             torch.testing.assert_close(sum(r[2][key] for r in per_rank) / WORLD, value, **tol)
 
 
-def test_local_batch_of_one_is_enough_when_gathering():
-    """DCL needs 2 samples over the global batch, not per rank."""
-    out = run_on_ranks(_dcl_batch_of_one, world_size=WORLD)
-    assert all(torch.isfinite(v) for v in out)
-
-
-def _dcl_batch_of_one(rank, world_size):
-    torch.manual_seed(rank)
-    return L.DCLLoss(gather_distributed=True)(torch.randn(1, 4), torch.randn(1, 4))
+def test_local_batch_of_one_is_enough_when_gathering(distributed_results):
+    assert all(torch.isfinite(r["dcl_local_batch_of_one"]) for r in distributed_results)

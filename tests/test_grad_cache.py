@@ -127,6 +127,7 @@ def test_bad_arguments(call, error, message):
         call(_mlp(), _inputs(6)[0])
 
 
+@pytest.mark.distributed
 def test_ddp_syncs_once_and_matches_single_process():
     single_encoder = _mlp(seed=3)
     x0, x1 = _inputs(8, seed=11)
