@@ -160,7 +160,7 @@ def run_case(results, loss, n, d, dtype, device, selected, modes, rounds, refere
             try:
                 timings[name] = time_ms(run, device)
                 peaks[name] = peak_cuda_memory(run, device)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 print(f"{loss:<13} {shape:<16} {dtype_name:<9} {name:<26} out of memory", flush=True)
     for name, (p50, p20, p80) in timings.items():
         _, algo, flops = cases[name]

@@ -1,7 +1,13 @@
 """The Triton kernels of the cross-correlation losses against the reference: each primitive op
 (standardisation, Gram rows, squared Frobenius norm of a cross product) and each loss in both
 modes, values and gradients, under the interpreter on CPU (float32, float16) and on a GPU when
-one is present (float32, float16, bfloat16); torch.library.opcheck on every op; dispatch."""
+one is present (float32, float16, bfloat16); torch.library.opcheck on every op; dispatch; and the
+kernels compiled for sm_90 by ptxas where no GPU is present."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -299,3 +305,69 @@ def test_gpu_loss_matches_reference(loss, n, d, mode, dtype):
 def test_gpu_auto_is_triton():
     z = torch.randn(64, 256, device="cuda")
     assert dispatch.select("barlow_twins", z, z).name == "triton"
+
+
+# ------------------------------------------------------------------------------------------------
+# The GPU build, checked without a GPU
+# ------------------------------------------------------------------------------------------------
+
+SM90_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from sslfast.kernels import crosscorr_matmul as M, crosscorr_standardize as S
+
+    H100_SHARED_BYTES = 232448
+
+    def compile_for_sm90(kernel, config, ptr_types, constexprs):
+        constexprs = {**constexprs, **config.kwargs}
+        jit = kernel.fn
+        signature = {}
+        for name in jit.arg_names:
+            if name in constexprs:
+                signature[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                signature[name] = "*" + ptr_types.get(name, "fp32")
+            else:
+                signature[name] = "fp32" if name in ("scale", "inv_dof", "eps") else "i32"
+        attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(jit.arg_names)
+                 if signature[name].startswith("*")}
+        compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constexprs, attrs=attrs),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+        assert compiled.metadata.shared <= H100_SHARED_BYTES, (kernel, config, compiled.metadata.shared)
+
+    base = dict(SYMMETRIZE_A=False, SYMMETRIC_OUT=False, ACCUMULATE=False, SUM_SQUARES=False,
+                HAS_SCALE_PTR=False, FP32_OPERANDS=False, DOT_PRECISION="ieee")
+    half = {"a_ptr": "bf16", "b_ptr": "bf16"}
+    matmul_cases = [  # the products of ops/crosscorr_gram.py and ops/crosscorr_cross_sq.py
+        (half, dict(base, SYMMETRIC_OUT=True)),                                      # Gram, bf16
+        ({"a_ptr": "fp16", "b_ptr": "fp16"}, dict(base, SYMMETRIC_OUT=True, SUM_SQUARES=True)),  # D x D loss
+        ({}, dict(base, FP32_OPERANDS=True, DOT_PRECISION="tf32x3")),                 # fp32 data
+        ({"b_ptr": "bf16", "c_ptr": "bf16"}, dict(base, SYMMETRIZE_A=True, FP32_OPERANDS=True, DOT_PRECISION="tf32")),
+        ({"a_ptr": "bf16"}, dict(base, ACCUMULATE=True, HAS_SCALE_PTR=True, FP32_OPERANDS=True, DOT_PRECISION="tf32")),
+    ]
+    for ptr_types, flags in matmul_cases:
+        compile_for_sm90(M.crosscorr_matmul_kernel, M._GPU_CONFIGS[0], ptr_types, flags)
+    for dtype, pair, rescale in (("bf16", True, True), ("fp32", False, False)):
+        names = ("z0_ptr", "z1_ptr", "y0_ptr", "y1_ptr", "g0_ptr", "g1_ptr", "dz0_ptr", "dz1_ptr")
+        types = {name: dtype for name in names}
+        compile_for_sm90(S.standardize_fwd_kernel, S._GPU_CONFIGS[0], types, dict(PAIR=pair, RESCALE=rescale))
+        compile_for_sm90(S.standardize_bwd_kernel, S._GPU_CONFIGS[0], types, dict(PAIR=pair, RESCALE=rescale))
+    print("OK")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the tests above compile the kernels for real")
+def test_kernels_compile_for_sm90():
+    """The interpreter runs kernels as numpy and accepts code the GPU compiler rejects (types,
+    layouts, early returns, constexpr misuse): compile each kernel variant for sm_90 with the ptxas
+    bundled with Triton, in a child process without TRITON_INTERPRET, and check its shared memory
+    fits an H100/H200."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", SM90_SCRIPT], capture_output=True, text=True, timeout=600, env=env)
+    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr:
+        pytest.skip("ptxas is not available")
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-4000:]
