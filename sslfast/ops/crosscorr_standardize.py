@@ -15,8 +15,7 @@ def _launch_grid(d: int):
     return lambda meta: (triton.cdiv(d, meta["BLOCK_D"]),)
 
 
-def _stats_dtype() -> torch.dtype:
-    return torch.float32
+STATS_DTYPE = torch.float32  # column sums and moments accumulate in fp32 whatever the input
 
 
 @torch.library.custom_op("sslfast::crosscorr_standardize", mutates_args=())
@@ -32,8 +31,8 @@ def crosscorr_standardize(z0: Tensor, z1: Optional[Tensor], eps: float, ddof: in
     z1c = z1.contiguous() if pair else z0
     y0 = torch.empty_like(z0)
     y1 = torch.empty_like(z1c) if pair else z0.new_empty((0, d))
-    stats = torch.empty((4, d), dtype=_stats_dtype(), device=z0.device)
-    moments = torch.zeros((4, d), dtype=torch.float32, device=z0.device)
+    stats = torch.empty((4, d), dtype=STATS_DTYPE, device=z0.device)
+    moments = torch.zeros((4, d), dtype=STATS_DTYPE, device=z0.device)
     standardize_fwd_kernel[_launch_grid(d)](
         z0, z1c, y0, y1 if pair else y0, stats, moments,
         n, d, z0.stride(0), z1c.stride(0), y0.stride(0), (y1 if pair else y0).stride(0),
@@ -45,8 +44,8 @@ def crosscorr_standardize(z0: Tensor, z1: Optional[Tensor], eps: float, ddof: in
 def _(z0, z1, eps, ddof, rescale):
     d = z0.shape[1]
     y1 = torch.empty_like(z1) if z1 is not None else z0.new_empty((0, d))
-    return (torch.empty_like(z0), y1, z0.new_empty((4, d), dtype=_stats_dtype()),
-            z0.new_empty((4, d), dtype=torch.float32))
+    return (torch.empty_like(z0), y1, z0.new_empty((4, d), dtype=STATS_DTYPE),
+            z0.new_empty((4, d), dtype=STATS_DTYPE))
 
 
 @torch.library.custom_op("sslfast::crosscorr_standardize_backward", mutates_args=())
@@ -89,7 +88,7 @@ def _backward(ctx, grad_y0, grad_y1, grad_stats, _grad_moments):
     if z1 is not None and (grad_y1 is None or grad_y1.numel() == 0):
         grad_y1 = torch.zeros_like(z1)
     if grad_stats is None:
-        grad_stats = z0.new_zeros((4, z0.shape[1]), dtype=_stats_dtype())
+        grad_stats = z0.new_zeros((4, z0.shape[1]), dtype=STATS_DTYPE)
     dz0, dz1 = crosscorr_standardize_backward(grad_y0, grad_y1 if z1 is not None else None, grad_stats, z0, z1,
                                               moments, ctx.ddof, ctx.rescale)
     return dz0, (dz1 if z1 is not None else None), None, None, None
