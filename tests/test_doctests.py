@@ -27,7 +27,8 @@ def _modules_with_examples():
 @pytest.mark.parametrize("module_name", _modules_with_examples())
 def test_docstring_examples(module_name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report = []
     for test in _doctests(module_name):
-        runner.run(test)
+        runner.run(test, out=report.append)
     result = runner.summarize(verbose=False)
-    assert result.failed == 0, f"{result.failed} doctest example(s) failed in {module_name}"
+    assert result.failed == 0, f"{result.failed} doctest example(s) failed in {module_name}:\n" + "".join(report)

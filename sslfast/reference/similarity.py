@@ -61,17 +61,52 @@ def _masked_block(q_rows, k, scale_rows, self_rows, exclude_period):
     return block, dots
 
 
+def similarity_lse_forward(q, k, scale_rows, self_index=None, exclude_period: int = 0, *,
+                           chunk_rows: Optional[int] = None) -> torch.Tensor:
+    """lse without autograd, chunked over rows (the forward of `similarity_lse`; also the
+    reference backend of the torch.library op sslfast::similarity_lse)."""
+    cdt = compute_dtype(q.dtype)
+    qc, kc, ac = q.to(cdt), k.to(cdt), scale_rows.to(cdt)
+    chunk_rows = chunk_rows or default_chunk_rows(k.shape[0])
+    lse = torch.empty(q.shape[0], dtype=cdt, device=q.device)
+    for r0 in range(0, q.shape[0], chunk_rows):
+        r1 = min(r0 + chunk_rows, q.shape[0])
+        rows = None if self_index is None else self_index[r0:r1]
+        block, _ = _masked_block(qc[r0:r1], kc, ac[r0:r1], rows, exclude_period)
+        lse[r0:r1] = torch.logsumexp(block, dim=1)
+    return lse
+
+
+def similarity_lse_backward(grad_lse, lse, q, k, scale_rows, self_index=None, exclude_period: int = 0, *,
+                            chunk_rows: Optional[int] = None, needs=(True, True, True)):
+    """(dq, dk, d scale_rows) from the saved lse by recomputing row chunks (None where `needs`
+    is False); in the compute dtype. A row with no kept column (lse = -inf) gets zero gradients."""
+    cdt = lse.dtype
+    qc, kc, ac, g = q.to(cdt), k.to(cdt), scale_rows.to(cdt), grad_lse.to(cdt)
+    chunk_rows = chunk_rows or default_chunk_rows(k.shape[0])
+    lse = torch.where(torch.isneginf(lse), torch.inf, lse)  # exp(-inf - inf) = 0, not NaN
+    dq = torch.empty_like(qc) if needs[0] else None
+    dk = torch.zeros_like(kc) if needs[1] else None
+    da = torch.empty_like(ac) if needs[2] else None
+    for r0 in range(0, q.shape[0], chunk_rows):
+        r1 = min(r0 + chunk_rows, q.shape[0])
+        rows = None if self_index is None else self_index[r0:r1]
+        block, _ = _masked_block(qc[r0:r1], kc, ac[r0:r1], rows, exclude_period)
+        weights = torch.exp(block - lse[r0:r1, None]) * g[r0:r1, None]  # g_i P_ij
+        pk = weights @ kc  # sum_j g_i P_ij k_j
+        if dq is not None:
+            dq[r0:r1] = pk * ac[r0:r1, None]
+        if da is not None:
+            da[r0:r1] = (pk * qc[r0:r1]).sum(1)
+        if dk is not None:
+            dk += weights.T @ (qc[r0:r1] * ac[r0:r1, None])
+    return dq, dk, da
+
+
 class _SimilarityLSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, scale_rows, self_index, exclude_period, chunk_rows):
-        cdt = compute_dtype(q.dtype)
-        qc, kc, ac = q.to(cdt), k.to(cdt), scale_rows.to(cdt)
-        lse = torch.empty(q.shape[0], dtype=cdt, device=q.device)
-        for r0 in range(0, q.shape[0], chunk_rows):
-            r1 = min(r0 + chunk_rows, q.shape[0])
-            rows = None if self_index is None else self_index[r0:r1]
-            block, _ = _masked_block(qc[r0:r1], kc, ac[r0:r1], rows, exclude_period)
-            lse[r0:r1] = torch.logsumexp(block, dim=1)
+        lse = similarity_lse_forward(q, k, scale_rows, self_index, exclude_period, chunk_rows=chunk_rows)
         ctx.save_for_backward(q, k, scale_rows, self_index, lse)
         ctx.exclude_period, ctx.chunk_rows = exclude_period, chunk_rows
         return lse
@@ -79,23 +114,8 @@ class _SimilarityLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lse):
         q, k, scale_rows, self_index, lse = ctx.saved_tensors
-        cdt = lse.dtype
-        qc, kc, ac, g = q.to(cdt), k.to(cdt), scale_rows.to(cdt), grad_lse.to(cdt)
-        dq = torch.empty_like(qc) if ctx.needs_input_grad[0] else None
-        dk = torch.zeros_like(kc) if ctx.needs_input_grad[1] else None
-        da = torch.empty_like(ac) if ctx.needs_input_grad[2] else None
-        for r0 in range(0, q.shape[0], ctx.chunk_rows):
-            r1 = min(r0 + ctx.chunk_rows, q.shape[0])
-            rows = None if self_index is None else self_index[r0:r1]
-            block, _ = _masked_block(qc[r0:r1], kc, ac[r0:r1], rows, ctx.exclude_period)
-            weights = torch.exp(block - lse[r0:r1, None]) * g[r0:r1, None]  # g_i P_ij
-            pk = weights @ kc  # sum_j g_i P_ij k_j
-            if dq is not None:
-                dq[r0:r1] = pk * ac[r0:r1, None]
-            if da is not None:
-                da[r0:r1] = (pk * qc[r0:r1]).sum(1)
-            if dk is not None:
-                dk += weights.T @ (qc[r0:r1] * ac[r0:r1, None])
+        dq, dk, da = similarity_lse_backward(grad_lse, lse, q, k, scale_rows, self_index, ctx.exclude_period,
+                                             chunk_rows=ctx.chunk_rows, needs=ctx.needs_input_grad[:3])
         cast = lambda t, ref: None if t is None else t.to(ref.dtype)  # noqa: E731
         return cast(dq, q), cast(dk, k), cast(da, scale_rows), None, None, None
 
