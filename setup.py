@@ -32,7 +32,9 @@ def _cuda_extension_or_reason():
     ext = CUDAExtension(
         name="sslfast._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]},
+        # No -std flag: torch's BuildExtension passes the standard its headers need; forcing
+        # C++17 breaks the build against torch 2.14, whose headers need C++20.
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
     )
     return (ext, BuildExtension.with_options(use_ninja=True)), None
 

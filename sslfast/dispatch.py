@@ -1,8 +1,9 @@
 """The one place that picks a backend for an op (xformers' pattern, kept small).
 
 Every op has backends "cuda" (compiled csrc/), "triton" (kernels/) and "reference" (pure
-PyTorch). Each backend declares what it supports and answers `not_supported_reasons(...)`;
-`select` walks cuda -> triton -> reference and returns the first with no reasons. A backend
+PyTorch); an op with a CPU kernel compiled by numba also has "numba" (CPU only). Each backend
+declares what it supports and answers `not_supported_reasons(...)`; `select` walks
+cuda -> triton -> numba -> reference and returns the first with no reasons. A backend
 forced with `backend="..."` (or the SSLFAST_BACKEND environment variable) that cannot run
 raises with its reasons; "auto" falls back silently and logs the choice at DEBUG level on the
 "sslfast.dispatch" logger.
@@ -23,7 +24,7 @@ import torch
 
 from ._validation import FLOAT_DTYPES
 
-BACKEND_ORDER = ("cuda", "triton", "reference")
+BACKEND_ORDER = ("cuda", "triton", "numba", "reference")
 BACKEND_CHOICES = ("auto",) + BACKEND_ORDER
 log = logging.getLogger("sslfast.dispatch")
 
@@ -37,6 +38,14 @@ def triton_unavailable_reason() -> Optional[str]:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed (pip install triton; Linux only)"
+    return None
+
+
+def numba_unavailable_reason() -> Optional[str]:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numba is not installed (pip install numba)"
     return None
 
 

@@ -33,7 +33,17 @@ def report() -> str:
     lines.append(f"{'op':<28} {'backend':<10} status on {device.type}")
     for op, name, status in dispatch.describe(device):
         lines.append(f"{op:<28} {name:<10} {status}")
+    lines += _crosscorr_modes()
     return "\n".join(lines)
+
+
+def _crosscorr_modes() -> list:
+    """What mode="auto" picks for the cross-correlation losses (Gram N x N or cross D x D)."""
+    from .ops.crosscorr import TRITON_KERNELS
+    from .reference.crosscorr import REFERENCE_KERNELS, describe_modes
+
+    return ["", "cross-correlation losses, mode=\"auto\" (cost model in sslfast.reference.crosscorr):",
+            *describe_modes(REFERENCE_KERNELS), *describe_modes(TRITON_KERNELS)]
 
 
 def main() -> None:

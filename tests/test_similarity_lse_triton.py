@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sslfast import dispatch
@@ -67,7 +67,10 @@ def _case(nq, nk, d, dtype, *, seed, symmetric, per_row, period, self_mode="rand
 
 
 def _oracle(q, k, a, self_index, period, normalize, upstream):
-    """float64 dense reference: lse and the gradients wrt (q, k, a)."""
+    """float64 dense reference: lse, the gradients wrt (q, k, a), and per input the size each row's
+    gradient is judged against. L2 normalisation divides a row's gradient by its norm, so float32
+    rounding of the gradient wrt the normalised row grows by 1/||row|| (a d=1 row of norm 0.01 has an
+    exactly zero gradient computed as a difference of terms 100x larger)."""
     q64 = q.detach().double().requires_grad_()
     k64 = None if k is None else k.detach().double().requires_grad_()
     a64 = a.detach().double().requires_grad_()
@@ -75,10 +78,18 @@ def _oracle(q, k, a, self_index, period, normalize, upstream):
     kn = qn if k64 is None else (F.normalize(k64, dim=1) if normalize else k64)
     lse = similarity_lse_dense(qn, kn, a64, self_index, period)
     inputs = [x for x in (q64, k64, a64) if x is not None]
+    normalized = [x for x in (qn, None if k64 is None else kn) if x is not None]
     finite = torch.isfinite(lse)
-    grads = torch.autograd.grad(lse[finite], inputs, upstream[finite]) if finite.any() else \
-        [torch.zeros_like(x) for x in inputs]
-    return lse.detach(), grads
+    if not finite.any():
+        return lse.detach(), [torch.zeros_like(x) for x in inputs], [None] * len(inputs)
+    grads = torch.autograd.grad(lse[finite], inputs + (normalized if normalize else []), upstream[finite],
+                                allow_unused=True)
+    row_scales = [None] * len(inputs)
+    if normalize:
+        for i, (x, g_unit) in enumerate(zip(inputs, grads[len(inputs):])):
+            if g_unit is not None:
+                row_scales[i] = g_unit.abs().amax(dim=1, keepdim=True) / x.detach().norm(dim=1, keepdim=True)
+    return lse.detach(), list(grads[:len(inputs)]), row_scales
 
 
 def _run(q, k, a, self_index, period, normalize, upstream, **kwargs):
@@ -94,16 +105,24 @@ def _run(q, k, a, self_index, period, normalize, upstream, **kwargs):
 def _assert_matches(got, want, dtype, what="", upstream_scale=1.0):
     """Values within (rtol, atol); each gradient within grad_rel of its largest entry, or of the
     upstream gradient's size where cancellation leaves the whole gradient small (a single
-    scale gradient can cancel to 1e-3 of its terms)."""
+    scale gradient can cancel to 1e-3 of its terms), or, row by row, of the rounding bound of a
+    normalised row (see _oracle)."""
     lse, grads = got
-    lse_want, grads_want = want
+    lse_want, grads_want, *rest = want
+    row_scales = rest[0] if rest else [None] * len(grads_want)
     rtol, atol, grad_rel = _tolerance(dtype)
     assert lse.dtype == torch.float32
     torch.testing.assert_close(lse.double(), lse_want, rtol=rtol, atol=atol, msg=lambda m: f"lse {what}: {m}")
-    for name, g, gw in zip(("q", "k", "scale") if len(grads) == 3 else ("q", "scale"), grads, grads_want):
+    for name, g, gw, rows in zip(("q", "k", "scale") if len(grads) == 3 else ("q", "scale"), grads, grads_want,
+                                 row_scales):
         assert torch.isfinite(g).all(), f"d{name} {what} has non-finite entries"
         scale = max(gw.abs().max().item(), upstream_scale)
-        err = (g.double() - gw).abs().max().item() / scale
+        err = (g.double() - gw).abs()
+        if rows is not None:
+            err = err / rows.clamp(min=scale)
+        else:
+            err = err / scale
+        err = err.max().item()
         assert err <= grad_rel, f"d{name} {what}: max error {err:.2e} of max |grad| {scale:.3g} > {grad_rel}"
 
 
@@ -321,6 +340,9 @@ def test_autotuner_benchmark_runs_leave_no_trace(monkeypatch):
     period=st.sampled_from([0, 2, 3]), self_mode=st.sampled_from(["random", "diagonal", "none"]),
     dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 2**31 - 1),
 )
+# d = 1 normalised: the true dq is 0, computed from terms 1/||q_i|| larger (a CI failure, 2026-12-02)
+@example(nq=36, nk=3, d=1, temperature=0.25, normalize=True, symmetric=False, per_row=False, period=0,
+         self_mode="random", dtype=torch.float32, seed=0)
 def test_hypothesis_matches_reference(nq, nk, d, temperature, normalize, symmetric, per_row, period, self_mode, dtype,
                                       seed):
     if self_mode == "none":
