@@ -73,7 +73,7 @@ LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _LOCAL_RANGE = 1.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath={"contract"})
 def _sin_local(d):
     d2 = d * d
     return d * (1.0 - d2 * (1.0 / 6.0) * (1.0 - d2 * (1.0 / 20.0) * (1.0 - d2 * (1.0 / 42.0) * (
@@ -81,7 +81,7 @@ def _sin_local(d):
             1.0 - d2 * (1.0 / 210.0))))))))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath={"contract"})
 def _cos_local(d):
     d2 = d * d
     return 1.0 - d2 * 0.5 * (1.0 - d2 * (1.0 / 12.0) * (1.0 - d2 * (1.0 / 30.0) * (1.0 - d2 * (1.0 / 56.0) * (
@@ -89,7 +89,7 @@ def _cos_local(d):
             1.0 - d2 * (1.0 / 240.0))))))))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath={"contract"})
 def _exp_local(d):
     e = 1.0 + d * (1.0 / 17.0)
     e = 1.0 + d * (1.0 / 16.0) * e
@@ -110,7 +110,7 @@ def _exp_local(d):
     return 1.0 + d * e
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _upsample_columns(fields, b, k, col_cell, col_next, col_frac, columns, bounds):
     """columns[gy, x] = field k of image b on control row gy, interpolated to every output
     column x (the x half of the bilinear interpolation, done once per image: rows then need only
@@ -130,7 +130,7 @@ def _upsample_columns(fields, b, k, col_cell, col_next, col_frac, columns, bound
         bounds[gy, 1] = hi
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _field_row(columns, bounds, gy0, gy1, wy, dst):
     """dst = a field along output row y (the y half of the interpolation, vectorised): a lerp
     of control rows gy0 and gy1, exact where they agree; returns bounds of the row's values."""
@@ -141,7 +141,7 @@ def _field_row(columns, bounds, gy0, gy1, wy, dst):
     return min(bounds[gy0, 0], bounds[gy1, 0]), max(bounds[gy0, 1], bounds[gy1, 1])
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _cos_sin_row(angle, lo, hi, cos_out, sin_out):
     """cos and sin of a row of angles in [lo, hi]: about the midpoint m by the angle-sum
     formula, cos(m + d) = cos m cos d - sin m sin d with |d| <= 1 (polynomials that vectorise);
@@ -160,7 +160,7 @@ def _cos_sin_row(angle, lo, hi, cos_out, sin_out):
             sin_out[i] = math.sin(angle[i])
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _exp_neg_row(value, lo, hi, out):
     """out = exp(-value) for a row of values in [lo, hi], about the midpoint as above."""
     mid = 0.5 * (lo + hi)
@@ -173,7 +173,7 @@ def _exp_neg_row(value, lo, hi, out):
             out[i] = math.exp(-value[i])
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _reflect(q, size, inv_size):
     """grid_sample(align_corners=False) reflection about -0.5 and size - 0.5, then clamped to
     [0, size - 1]; without branches (vectorises). A flip count off by one at an exact multiple
@@ -186,7 +186,7 @@ def _reflect(q, size, inv_size):
     return min(max(q, 0.0), size - 1.0)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def random_field_warp(x, strides, height, width, in_div, fields, base, luma, norm_mean, norm_std, flags, normalize,
                       out, out_shape, out_u8, threads):
     """Fill out, the flat float32 or uint8 (out_u8) storage of a C-contiguous (B, C, Ho, Wo)
@@ -210,7 +210,6 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
     cx = (out_w - 1) * 0.5
     cy = (out_h - 1) * 0.5
     in_scale = np.float32(in_div)
-    unit = np.float32(1.0 / in_div)
     f_width, f_height = float(width), float(height)
     inv_width, inv_height = 1.0 / width, 1.0 / height
     resample = (flags & F_NO_RESAMPLE) == 0
@@ -391,12 +390,25 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
                         o01[i] = p + (r0 + c0 + sxw if in_y0 & in_x1 else 0)
                         o10[i] = p + (r0 + sxh + c0 if in_y1 & in_x0 else 0)
                         o11[i] = p + (r0 + sxh + c0 + sxw if in_y1 & in_x1 else 0)
-                for c in range(channels):
-                    v = v0 if c == 0 else (v1 if c == 1 else v2)
-                    s = c * sxc
-                    for i in range(out_w):
-                        v[i] = (w00[i] * np.float32(x[o00[i] + s]) + w01[i] * np.float32(x[o01[i] + s])
-                                + w10[i] * np.float32(x[o10[i] + s]) + w11[i] * np.float32(x[o11[i] + s])) * unit
+                # all channels of a pixel in one pass: its taps and weights are loaded once
+                for i in range(out_w):
+                    a00, a01, a10, a11 = w00[i], w01[i], w10[i], w11[i]
+                    j00, j01, j10, j11 = o00[i], o01[i], o10[i], o11[i]
+                    v0[i] = (a00 * np.float32(x[j00]) + a01 * np.float32(x[j01])
+                             + a10 * np.float32(x[j10]) + a11 * np.float32(x[j11])) / in_scale
+                    if channels == 3:
+                        j00 += sxc
+                        j01 += sxc
+                        j10 += sxc
+                        j11 += sxc
+                        v1[i] = (a00 * np.float32(x[j00]) + a01 * np.float32(x[j01])
+                                 + a10 * np.float32(x[j10]) + a11 * np.float32(x[j11])) / in_scale
+                        j00 += sxc
+                        j01 += sxc
+                        j10 += sxc
+                        j11 += sxc
+                        v2[i] = (a00 * np.float32(x[j00]) + a01 * np.float32(x[j01])
+                                 + a10 * np.float32(x[j10]) + a11 * np.float32(x[j11])) / in_scale
             else:
                 for c in range(channels):
                     v = v0 if c == 0 else (v1 if c == 1 else v2)
