@@ -4,31 +4,47 @@ Computes what sslfast.reference.random_field computes (its docstring has the mat
 fused pass: nothing of size B x H x W is allocated besides the output, where the reference
 materialises a dozen full-size temporaries (the upsampled fields, the grid, the HSV planes).
 
-Work split: the B * Ho output rows are cut into one chunk per numba thread (prange); a chunk
-owns a few row buffers of Wo elements and runs each row through four stages:
+Work split: the B * Ho output rows are cut into one chunk of consecutive rows per numba
+thread (prange), so a chunk covers whole images but for its first and last. Every stage below
+is a loop along one output row over buffers of Wo elements, written so that LLVM vectorises
+it (no branch inside but selects; a flag of the configuration switches a whole loop on or
+off), except the gather, whose loads are scalar:
 
-  1. fields (scalar, float64): the parameter fields along the row. Inside a control cell
-     (about ell / 4 pixels wide) bilinear interpolation is linear in x, so the fields are
-     evaluated exactly at the cell's first pixel and then advanced by constant increments:
-     values by addition, (cos, sin) of rotation and shear by a rotation through the per-pixel
-     angle increment, exp(-scale) by a product. At the next cell the functions are turned
-     through the small difference between the exact new value and the one they hold (Taylor
-     series, |d| < 0.1), so libm runs only at a row's first pixel: six libm calls per pixel
-     become a few multiply-adds, and the drift is a few ulp of float64 per pixel. Output:
-     the sampling position (qx, qy) per pixel and the colour factors.
-  2. gather (scalar): the four bilinear tap offsets and weights per pixel, computed once and
-     reused for every channel, read through a flat view of the input with explicit element
+  0. per image (when a chunk reaches a new image): the x half of the bilinear interpolation
+     of each active field, columns[k, gy, x] for every control row gy and output column x
+     (GH x Wo values per field: 17 x 64 for 64 x 64 images at length scale 0.25, a quarter of
+     a field's pixels, 8% at 224 x 224), and the least and greatest node of every control row.
+  1. fields (float64): each field along the row is a lerp of two control rows of `columns`
+     (the y half). Rotation and shear need cos and sin, scale exp: the row's values lie
+     between the bounds of its two control rows, so with m their midpoint,
+     cos(m + d) = cos m cos d - sin m sin d and exp(-(m + d)) = exp(-m) exp(-d), where cos d,
+     sin d, exp(-d) are Taylor polynomials for |d| <= 1 (truncation < 3e-15): three libm
+     calls per row, multiply-adds per pixel. A row whose values span more than 2 (strong
+     fields at short length scales) calls libm per pixel instead. Inactive geometry keeps its
+     identity (translation 0, cos 1, sin 0, tan 0, shrink 1), so the position loop is
+     branch-free and exact where the fields are zero (x * 1, x - 0 * y). Output: the sampling
+     position (qx, qy) per pixel and the colour factors.
+  2. taps and gather: the four bilinear tap offsets and weights per pixel (reflection without
+     branches: a flip count that is off by one at an exact multiple of the size lands on the
+     same point, the reflection being continuous), then one pass over the pixels that reads
+     every channel at those taps through a flat view of the input with explicit element
      strides (any layout, a permuted channels-last batch included, costs the same).
-  3. colour (float32 loops without branches, which LLVM vectorises): brightness, contrast,
-     saturation, and the HSV hue shift, whose HSV -> RGB step uses the closed form
-     c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for r, g, b,
-     the same numbers as torchvision's six-way table (p = v (1 - s), q = v (1 - s f),
-     t = v (1 - s (1 - f))) up to rounding.
-  4. store (vectorised): normalise, or round to uint8, into the C-contiguous output.
+  3. colour (float32): brightness, contrast, saturation, and the HSV hue shift, whose
+     HSV -> RGB step uses the closed form c_n = v - v s clamp(min(k, 4 - k), 0, 1),
+     k = (n + 6 h) mod 6, n = 5, 3, 1 for r, g, b, the same numbers as torchvision's six-way
+     table (p = v (1 - s), q = v (1 - s f), t = v (1 - s (1 - f))) up to rounding.
+  4. store: normalise, or round to uint8, into the C-contiguous output.
 
-Numerics: positions in float64, colour in float32 (the reference's precision); float input
-with every strength zero is copied exactly. error_model="numpy" (no ZeroDivisionError branch on
-every division). Compiled once per (input dtype, output dtype) with cache=True, so DataLoader
+Where the time goes (1 thread, 64 x 64, "medium": every parameter on; ~13 ns per output pixel
+against ~105 for the reference): the scalar gather of 4 taps x 3 channels ~5 ns, taps and
+positions ~1.5, the nine fields with their polynomials ~4, colour ~2, store ~0.5.
+
+Numerics: fields and positions in float64, tap weights and colour in float32 (the
+reference's precision); values are divided by 255 (not multiplied by a rounded reciprocal),
+so that a tap on a pixel centre gives exactly uint8 / 255 as the reference does; float input
+with every strength zero is copied exactly. fastmath is limited to "contract" (fused
+multiply-adds: one rounding instead of two, nothing reassociated, NaN and signed-zero rules
+kept). error_model="numpy" (no ZeroDivisionError branch on every division). Compiled once per (input dtype, output dtype) with cache=True, so DataLoader
 workers load the machine code from numba's cache instead of recompiling.
 Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker).
 """
@@ -67,9 +83,12 @@ F_HUE = 1 << 7
 F_REFLECT = 1 << 8
 F_NO_RESAMPLE = 1 << 9
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+# Field channels: the order of sslfast.augment.params.FIELD_NAMES (checked by the same test).
+TX, TY, ROTATE, SCALE, SHEAR, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(9)
 
 
-# Local polynomials (Taylor, Horner form) for |d| <= _LOCAL_RANGE: truncation below 3e-15.
+# Taylor polynomials of sin, cos and exp about 0 (Horner form, reciprocals as constants: no
+# division), used for |d| <= _LOCAL_RANGE, where the first omitted terms are below 3e-15.
 _LOCAL_RANGE = 1.0
 
 
@@ -198,6 +217,7 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
     (ignored unless normalize). flags: F_* bits. threads: numba.get_num_threads() of the caller
     (read outside: inside, it would stop the caching).
     """
+    # float32 constants (numba would promote Python floats, and so the colour loops, to float64)
     ZERO, ONE, TWO, FOUR, SIX = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(4.0), np.float32(6.0)
     SIXTH = np.float32(1.0 / 6.0)
     LUMA_R, LUMA_G, LUMA_B = np.float32(LUMA[0]), np.float32(LUMA[1]), np.float32(LUMA[2])
@@ -233,14 +253,14 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
         col_next[i] = min(col_cell[i] + 1, grid_w - 1)
         col_frac[i] = g - col_cell[i]
     active = np.zeros(9, np.bool_)
-    active[0] = active[1] = translate
-    active[2] = rotate
-    active[3] = scale
-    active[4] = shear
-    active[5] = brightness
-    active[6] = contrast
-    active[7] = saturation
-    active[8] = hue
+    active[TX] = active[TY] = translate
+    active[ROTATE] = rotate
+    active[SCALE] = scale
+    active[SHEAR] = shear
+    active[BRIGHTNESS] = brightness
+    active[CONTRAST] = contrast
+    active[SATURATION] = saturation
+    active[HUE] = hue
 
     rows = batch * out_h
     chunks = max(1, min(rows, threads))
@@ -293,18 +313,18 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
 
             # 1. fields along the row, then the sampling position of every pixel
             if translate:
-                _field_row(columns[0], bounds[0], gy0, gy1, wy, t_x)
-                _field_row(columns[1], bounds[1], gy0, gy1, wy, t_y)
+                _field_row(columns[TX], bounds[TX], gy0, gy1, wy, t_x)
+                _field_row(columns[TY], bounds[TY], gy0, gy1, wy, t_y)
             if rotate:
-                lo, hi = _field_row(columns[2], bounds[2], gy0, gy1, wy, field)
+                lo, hi = _field_row(columns[ROTATE], bounds[ROTATE], gy0, gy1, wy, field)
                 _cos_sin_row(field, lo, hi, cos_r, sin_r)
             if shear:
-                lo, hi = _field_row(columns[4], bounds[4], gy0, gy1, wy, field)
+                lo, hi = _field_row(columns[SHEAR], bounds[SHEAR], gy0, gy1, wy, field)
                 _cos_sin_row(field, lo, hi, cos_h, tan_h)
                 for i in range(out_w):
                     tan_h[i] /= cos_h[i]
             if scale:
-                lo, hi = _field_row(columns[3], bounds[3], gy0, gy1, wy, field)
+                lo, hi = _field_row(columns[SCALE], bounds[SCALE], gy0, gy1, wy, field)
                 _exp_neg_row(field, lo, hi, shrink)
             if resample:
                 a11, a12, b1 = base[b, 0], base[b, 1], base[b, 2]
@@ -321,19 +341,19 @@ def random_field_warp(x, strides, height, width, in_div, fields, base, luma, nor
                     qx[i] = a11 * qx0 + a12 * qy0 + b1
                     qy[i] = a21 * qx0 + a22 * qy0 + b2
             if brightness:
-                _field_row(columns[5], bounds[5], gy0, gy1, wy, field)
+                _field_row(columns[BRIGHTNESS], bounds[BRIGHTNESS], gy0, gy1, wy, field)
                 for i in range(out_w):
                     k_bright[i] = max(0.0, 1.0 + field[i])
             if contrast:
-                _field_row(columns[6], bounds[6], gy0, gy1, wy, field)
+                _field_row(columns[CONTRAST], bounds[CONTRAST], gy0, gy1, wy, field)
                 for i in range(out_w):
                     k_contrast[i] = max(0.0, 1.0 + field[i])
             if saturation:
-                _field_row(columns[7], bounds[7], gy0, gy1, wy, field)
+                _field_row(columns[SATURATION], bounds[SATURATION], gy0, gy1, wy, field)
                 for i in range(out_w):
                     k_sat[i] = max(0.0, 1.0 + field[i])
             if hue:
-                _field_row(columns[8], bounds[8], gy0, gy1, wy, field)
+                _field_row(columns[HUE], bounds[HUE], gy0, gy1, wy, field)
                 for i in range(out_w):
                     shift[i] = field[i]
 
