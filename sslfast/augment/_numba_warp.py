@@ -46,7 +46,11 @@ with every strength zero is copied exactly. fastmath is limited to "contract" (f
 multiply-adds: one rounding instead of two, nothing reassociated, NaN and signed-zero rules
 kept). error_model="numpy" (no ZeroDivisionError branch on every division). Compiled once per (input dtype, output dtype) with cache=True, so DataLoader
 workers load the machine code from numba's cache instead of recompiling.
-Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker).
+Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker). In a process
+that also runs multi-threaded torch ops, torch's GNU OpenMP workers spin-wait after each
+parallel region (OMP_WAIT_POLICY's default) and take the cores from numba's workers: measured
+on 2 cores, a 4.4 ms call became 7-32 ms at 2 threads, 4.4-4.9 ms with OMP_WAIT_POLICY=PASSIVE
+(benchmarks/RESULTS.md). Set that variable, or give numba one thread, in such processes.
 """
 import math
 import os
