@@ -284,6 +284,17 @@ def test_kernels_match_reference_on_rows_of_wide_angle_and_scale_ranges(backend,
         _assert_matches_reference(out, ref, torch.float32)
 
 
+@pytest.mark.skipif("numba" not in KERNELS, reason="numba not installed")
+@pytest.mark.parametrize("padding", ["reflect", "zeros"])
+def test_numba_overflowing_positions_read_inside_the_image(padding):
+    """A scale field of -800 makes exp(800) overflow to inf and the positions inf or NaN: the
+    kernel must still read valid addresses and write values in [0, 1]."""
+    images = _images(torch.Generator().manual_seed(22), (2, 3, 9, 11), torch.uint8)
+    params = _constant(2, scale=-800.0, rotate=0.3)
+    out = _apply(images, params, "numba", padding=padding)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 def test_non_contiguous_channels_last_input(backend):
     gen = torch.Generator().manual_seed(21)

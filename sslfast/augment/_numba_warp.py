@@ -44,8 +44,9 @@ reference's precision); values are divided by 255 (not multiplied by a rounded r
 so that a tap on a pixel centre gives exactly uint8 / 255 as the reference does; float input
 with every strength zero is copied exactly. fastmath is limited to "contract" (fused
 multiply-adds: one rounding instead of two, nothing reassociated, NaN and signed-zero rules
-kept). error_model="numpy" (no ZeroDivisionError branch on every division). Compiled once per (input dtype, output dtype) with cache=True, so DataLoader
-workers load the machine code from numba's cache instead of recompiling.
+kept). error_model="numpy" (no ZeroDivisionError branch on every division). Compiled once
+per (input dtype, output dtype) with cache=True, so DataLoader workers load the machine code
+from numba's cache instead of recompiling.
 Threads: numba.set_num_threads(k) bounds them (e.g. 1 per DataLoader worker). In a process
 that also runs multi-threaded torch ops, torch's GNU OpenMP workers spin-wait after each
 parallel region (OMP_WAIT_POLICY's default) and take the cores from numba's workers: measured
@@ -200,8 +201,11 @@ def _exp_neg_row(value, lo, hi, out):
 def _reflect(q, size, inv_size):
     """grid_sample(align_corners=False) reflection about -0.5 and size - 0.5, then clamped to
     [0, size - 1]; without branches (vectorises). A flip count off by one at an exact multiple
-    of size (the product by 1 / size) lands on the same point: the reflection is continuous."""
+    of size (the product by 1 / size) lands on the same point: the reflection is continuous.
+    A non-finite or absurd position (an overflowing scale field) reads pixel 0, never an
+    out-of-range address."""
     t = abs(q + 0.5)
+    t = t if t < 1e15 else 0.0
     flips = np.floor(t * inv_size)
     extra = t - flips * size
     odd = flips - 2.0 * np.floor(0.5 * flips)
