@@ -1,5 +1,7 @@
 """SSLViews (SimCLR / BYOL / Barlow Twins views, multi-crop, random fields) and preview-aug."""
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,3 +134,31 @@ def test_preview_checkerboard_and_loader():
     board = checkerboard(16, squares=4)
     assert board.shape == (1, 3, 16, 16) and board.dtype == torch.uint8
     assert board[0, 0, 0, 0] == 0 and board[0, 0, 0, 4] == 255 and math.isclose(board.float().mean().item(), 127.5)
+
+
+def test_an_int_seed_gives_new_views_every_epoch_in_dataloader_workers():
+    """DataLoader workers are new processes every epoch (persistent_workers=False): an int seed
+    must not restart the same stream in each, or every epoch repeats the previous one's views."""
+    code = (
+        "import torch\n"
+        "from torch.utils.data import DataLoader, Dataset\n"
+        "from sslfast.augment import RandomFieldAugment, SSLViews\n"
+        "torch.manual_seed(0)\n"
+        "img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))\n"
+        "for make in (lambda: RandomFieldAugment.preset('medium', generator=0, backend='reference'),\n"
+        "             lambda: SSLViews('simclr', crop_size=12, generator=0, backend='reference')):\n"
+        "    aug = make()\n"
+        "    class D(Dataset):\n"
+        "        def __len__(self): return 2\n"
+        "        def __getitem__(self, i):\n"
+        "            out = aug(img)\n"
+        "            return out[0] if isinstance(out, torch.Tensor) else out[0][0]\n"
+        "    loader = DataLoader(D(), batch_size=None, num_workers=1, multiprocessing_context='fork')\n"
+        "    epoch0, epoch1 = list(loader), list(loader)\n"
+        "    assert not torch.equal(epoch0[0], epoch0[1]), 'one worker repeated its own views'\n"
+        "    assert not torch.equal(epoch0[0], epoch1[0]), f'{type(aug).__name__}: epoch 1 repeated epoch 0'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"

@@ -122,9 +122,11 @@ def _check_output(mean, std, out_dtype) -> tuple:
 def _generator_for(generator: GeneratorLike, device: torch.device, cache: Optional[dict] = None):
     """A torch.Generator on `device` (None: torch's default RNG).
 
-    An int seeds one generator per device and per DataLoader worker: inside worker k the seed
-    is seed + 1_000_003 * (k + 1), so forked workers never repeat each other's views (with a
-    torch.Generator object they would: every worker gets a copy of its state)."""
+    An int seeds one generator per device and per DataLoader worker process. Inside a worker
+    the seed is mixed with the worker's torch seed (base_seed + worker id, base_seed drawn from
+    the parent's RNG every epoch), so workers repeat neither each other's views nor, when they
+    are restarted every epoch, the previous epoch's (a torch.Generator object would do both:
+    every worker gets a copy of its state). Runs stay reproducible under torch.manual_seed."""
     if generator is None:
         return None
     if isinstance(generator, torch.Generator):
@@ -141,7 +143,8 @@ def _generator_for(generator: GeneratorLike, device: torch.device, cache: Option
     key = (str(device), worker_id)
     if cache is not None and key in cache:
         return cache[key]
-    gen = torch.Generator(device=device).manual_seed(generator + 1_000_003 * (worker_id + 1))
+    seed = generator if worker is None else (generator * 1_000_003 + worker.seed) % (1 << 63)
+    gen = torch.Generator(device=device).manual_seed(seed)
     if cache is not None:
         cache[key] = gen
     return gen
