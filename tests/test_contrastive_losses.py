@@ -261,6 +261,9 @@ BAD_CONSTRUCTORS = [
     (lambda: L.DCLWLoss(sigma=0), ValueError, "sigma"),
     (lambda: L.CLIPLoss(init_temperature=0), ValueError, "init_temperature"),
     (lambda: L.CLIPLoss(max_logit_scale=0.5), ValueError, "max_logit_scale"),
+    # outside [1 / max_logit_scale, 1] the clamp would hold the scale at a bound with no gradient
+    (lambda: L.CLIPLoss(init_temperature=2.0), ValueError, "init_temperature"),
+    (lambda: L.CLIPLoss(init_temperature=0.005), ValueError, "init_temperature"),
     (lambda: L.InfoNCELoss(symmetric=1), TypeError, "symmetric"),
     (lambda: L.MoCoLoss(queue_size=0), ValueError, "queue_size"),
     (lambda: L.MoCoLoss(dim=2.0), TypeError, "dim"),

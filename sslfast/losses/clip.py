@@ -29,7 +29,7 @@ class CLIPLoss(nn.Module):
     O(B*D + B*chunk).
 
     Args:
-        init_temperature: the initial 1 / scale (> 0).
+        init_temperature: the initial 1 / scale, in [1 / max_logit_scale, 1].
         learnable: whether logit_scale is an nn.Parameter (else a buffer).
         max_logit_scale: the largest scale (open_clip: 100).
         normalize: L2-normalise the embeddings first (open_clip's models do it before the loss;
@@ -60,6 +60,10 @@ class CLIPLoss(nn.Module):
         if self.max_logit_scale < 1:
             raise ValueError(f"max_logit_scale must be >= 1 (logit_scale is clamped to [0, log(max)]), "
                              f"got {max_logit_scale}")
+        if not 1.0 / self.max_logit_scale <= init_temperature <= 1.0:
+            # the clamp in scale() would hold the scale at a bound, where it gets no gradient
+            raise ValueError(f"init_temperature must lie in [1 / max_logit_scale, 1] = "
+                             f"[{1.0 / self.max_logit_scale:g}, 1], got {init_temperature}")
         self.normalize = check_bool("normalize", normalize)
         check_bool("learnable", learnable)
         self.gather_distributed = gather_distributed
