@@ -106,12 +106,17 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def check_backend_name(backend: Optional[str]) -> str:
-    """Validate a user's `backend=` argument (None means auto, or SSLFAST_BACKEND)."""
+def check_backend_name(backend: Optional[str], op: Optional[str] = None) -> str:
+    """Validate a user's `backend=` argument (None means auto, or SSLFAST_BACKEND); with `op`,
+    a backend named explicitly must be one that op has (SSLFAST_BACKEND is checked at use)."""
+    explicit = backend is not None
     if backend is None:
         backend = os.environ.get("SSLFAST_BACKEND", "auto") or "auto"
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {list(BACKEND_CHOICES)}, got {backend!r}")
+    if explicit and op is not None and backend != "auto" and backend not in backends(op):
+        raise ValueError(f"backend {backend!r} is not a backend of op {op!r} (it has "
+                         f"{', '.join(['auto', *backends(op)])})")
     return backend
 
 

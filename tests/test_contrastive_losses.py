@@ -257,6 +257,9 @@ BAD_CONSTRUCTORS = [
     (lambda: L.NTXentLoss(memory_bank_size=(16, 4, 2)), ValueError, "memory_bank_size"),
     (lambda: L.NTXentLoss(gather_distributed="yes"), TypeError, "gather_distributed"),
     (lambda: L.NTXentLoss(backend="gpu"), ValueError, "backend"),
+    # a backend the op does not have fails at construction, not at the first forward
+    (lambda: L.NTXentLoss(backend="cuda"), ValueError, "backend 'cuda'"),
+    (lambda: L.MoCoLoss(backend="numba"), ValueError, "backend 'numba'"),
     (lambda: L.DCLLoss(weight_fn=3), TypeError, "weight_fn"),
     (lambda: L.DCLWLoss(sigma=0), ValueError, "sigma"),
     (lambda: L.CLIPLoss(init_temperature=0), ValueError, "init_temperature"),

@@ -35,7 +35,8 @@ class CLIPLoss(nn.Module):
         normalize: L2-normalise the embeddings first (open_clip's models do it before the loss;
             normalising twice changes nothing, gradients included).
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         image_features, text_features: (B, D). Output: scalar.
@@ -67,7 +68,7 @@ class CLIPLoss(nn.Module):
         self.normalize = check_bool("normalize", normalize)
         check_bool("learnable", learnable)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, "similarity_lse")
         init = torch.tensor(math.log(1.0 / init_temperature))
         if learnable:
             self.logit_scale = nn.Parameter(init)

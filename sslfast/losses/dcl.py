@@ -29,7 +29,8 @@ class DCLLoss(nn.Module):
         temperature: T > 0.
         weight_fn: optional callable (z0, z1) -> (B,) weights of the positive term.
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         out0, out1: (B, D), B >= 2 over the (global) batch. Output: scalar.
@@ -55,7 +56,7 @@ class DCLLoss(nn.Module):
             raise TypeError(f"weight_fn must be callable (z0, z1) -> (B,) weights or None, got {type(weight_fn).__name__}")
         self.weight_fn = weight_fn
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, "similarity_lse")
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         return F_.dcl_loss(out0, out1, self.temperature, self.weight_fn, gather_distributed=self.gather_distributed,
@@ -76,7 +77,8 @@ class DCLWLoss(nn.Module):
         temperature: T > 0.
         sigma: > 0, the temperature of the weighting softmax.
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         out0, out1: (B, D), B >= 2 over the (global) batch. Output: scalar.
@@ -95,7 +97,7 @@ class DCLWLoss(nn.Module):
         self.temperature = check_positive("temperature", temperature)
         self.sigma = check_positive("sigma", sigma)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, "similarity_lse")
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         return F_.dclw_loss(out0, out1, self.temperature, self.sigma, gather_distributed=self.gather_distributed,

@@ -9,7 +9,7 @@ from torch import nn
 from .. import functional as F_
 from .._validation import check_fraction, check_nonnegative
 from ..reference.crosscorr import mix_views
-from .barlow_twins import check_crosscorr_options
+from ._common import check_crosscorr_options
 
 
 class MixedBarlowTwinsLoss(nn.Module):
@@ -60,7 +60,7 @@ class MixedBarlowTwinsLoss(nn.Module):
         super().__init__()
         check_nonnegative("lambda_param", lambda_param)
         check_nonnegative("mixup_loss_scale", mixup_loss_scale)
-        check_crosscorr_options(gather_distributed, eps, mode, backend)
+        check_crosscorr_options(gather_distributed, eps, mode, backend, "mixed_barlow_twins")
         self.lambda_param, self.mixup_loss_scale = float(lambda_param), float(mixup_loss_scale)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)

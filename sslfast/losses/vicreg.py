@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import functional as F_
 from .._validation import check_nonnegative
-from .barlow_twins import check_crosscorr_options
+from ._common import check_crosscorr_options
 
 
 class VICRegLoss(nn.Module):
@@ -56,7 +56,7 @@ class VICRegLoss(nn.Module):
         super().__init__()
         for name, value in (("lambda_param", lambda_param), ("mu_param", mu_param), ("nu_param", nu_param)):
             check_nonnegative(name, value)
-        check_crosscorr_options(gather_distributed, eps, mode, backend)
+        check_crosscorr_options(gather_distributed, eps, mode, backend, "vicreg")
         self.lambda_param, self.mu_param, self.nu_param = float(lambda_param), float(mu_param), float(nu_param)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)
