@@ -8,7 +8,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from sslfast.augment import RECIPES, SSLViews
-from sslfast.augment.views import ViewRecipe, gaussian_blur, random_resized_crop_boxes
+from sslfast.augment.views import gaussian_blur, random_resized_crop_boxes
+from sslfast.data.recipes import LOCAL_SCALE, RECIPES as LOADER_RECIPES, ViewSpec
 
 
 def _batch(seed=0, shape=(6, 3, 40, 52)):
@@ -46,7 +47,7 @@ def test_crop_flip_only_recipe_is_an_exact_crop():
     view's own size (scale pinned to the ratio of areas), i.e. an exact copy of input pixels."""
     images = _batch(3, (4, 3, 30, 30))
     area = (10 * 10) / (30 * 30)
-    recipe = ViewRecipe(crop_scale=(area, area), crop_ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0,
+    recipe = ViewSpec(scale=(area, area), ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0,
                         blur_p=0.0)
     view = SSLViews([recipe], views=1, crop_size=10, mean=None, std=None, generator=0)(images)[0]
     for b in range(4):
@@ -58,12 +59,12 @@ def test_crop_flip_only_recipe_is_an_exact_crop():
 
 def test_grayscale_and_solarize():
     images = _batch(4)
-    grey = ViewRecipe(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
+    grey = ViewSpec(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
     view = SSLViews([grey], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     torch.testing.assert_close(view[:, 0], view[:, 1], rtol=0, atol=1e-6)
     torch.testing.assert_close(view[:, 1], view[:, 2], rtol=0, atol=1e-6)
-    solar = ViewRecipe(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=1.0)
-    base = ViewRecipe(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    solar = ViewSpec(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=1.0)
+    base = ViewSpec(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
     s = SSLViews([solar], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     p = SSLViews([base], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     torch.testing.assert_close(s, torch.where(p >= 0.5, 1 - p, p), rtol=0, atol=1e-6)
@@ -162,3 +163,15 @@ def test_an_int_seed_gives_new_views_every_epoch_in_dataloader_workers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+def test_views_and_the_loader_share_one_recipe_definition():
+    """One set of recipes and one local-crop default for SSLViews and DaliSSLLoader."""
+    for name in LOADER_RECIPES:
+        assert SSLViews(name).recipe is LOADER_RECIPES[name]
+    make = SSLViews("byol", crop_size=16, local_crops=1, local_crop_size=8)
+    assert make.local_view.scale == LOCAL_SCALE and make.local_view.size == 8
+    assert SSLViews(local_crop_scale=(0.1, 0.2)).local_view.scale == (0.1, 0.2)
+    # a ViewSpec's own size wins over crop_size, as in the loader
+    views = SSLViews([ViewSpec(size=10)], views=2, crop_size=16, generator=0)(_batch())
+    assert [tuple(v.shape[-2:]) for v in views] == [(10, 10), (10, 10)]
