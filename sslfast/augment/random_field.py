@@ -49,10 +49,9 @@ import torch
 from torch import nn
 
 from .. import _validation as V
+from ..data.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by sslfast.augment)
 from . import params as P
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PADDINGS = ("reflect", "zeros")
 OUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 

@@ -5,8 +5,7 @@ import torch.distributed
 
 from .. import dispatch
 from .._validation import check_bool, check_choice, check_positive
-
-CROSSCORR_MODES = ("auto", "gram", "cross")
+from ..reference.crosscorr import MODES as CROSSCORR_MODES
 
 
 def check_common(gather_distributed, backend, op: str):

@@ -22,28 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..data.recipes import IMAGENET_MEAN, IMAGENET_STD
 from ..metrics import WeightedKNNClassifier, alignment, embedding_std, rankme, uniformity
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-
-
-def image_folder_files(root: str) -> tuple:
-    """(sorted class names, [(path, label)]) of an ImageFolder root, labels by sorted class name."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root!r} is not a folder")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
-    samples = []
-    for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(root, name))):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(folder, f), label))
-    if not samples:
-        raise ValueError(f"{root!r} holds no images in class subfolders (ImageFolder layout: "
-                         f"{root}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
-    return classes, samples
 
 
 def subsample(samples: Sequence, limit: int, seed: int) -> list:
