@@ -100,6 +100,8 @@ def test_bad_arguments():
         SSLViews(views=0)
     with pytest.raises(ValueError, match="local_crop_scale"):
         SSLViews(local_crop_scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SSLViews(backend="gpu")
     with pytest.raises(TypeError, match="random_fields must be None"):
         SSLViews(random_fields=3.0)
     with pytest.raises(ValueError, match="preset must be one of"):

@@ -264,6 +264,8 @@ class RandomFieldAugment(nn.Module):
         True
     """
 
+    op = "random_field"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(
         self,
         translate: float = 0.0,
@@ -298,7 +300,7 @@ class RandomFieldAugment(nn.Module):
         self.padding = V.check_choice("padding", padding, PADDINGS)
         self.mean, self.std = _check_output(mean, std, out_dtype)
         self.out_dtype = out_dtype
-        self.backend = dispatch.check_backend_name(backend) if backend is not None else None
+        self.backend = dispatch.check_backend_name(backend, op=self.op) if backend is not None else None
         if isinstance(generator, bool) or not (generator is None or isinstance(generator, (torch.Generator, int))):
             raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
         self.generator = generator

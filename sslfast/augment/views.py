@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validation as V
+from .. import dispatch
 from ..data.recipes import RECIPES, Recipe, ViewSpec, get_recipe
 from . import params as P
 from .random_field import (IMAGENET_MEAN, IMAGENET_STD, PADDINGS, PRESETS, RandomFieldAugment,
@@ -128,6 +129,8 @@ class SSLViews(nn.Module):
         [(4, 3, 32, 32), (4, 3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16)]
     """
 
+    op = "random_field"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(
         self,
         recipe: Union[str, Recipe, ViewSpec, Sequence[ViewSpec]] = "simclr",
@@ -161,7 +164,7 @@ class SSLViews(nn.Module):
         self.mean, self.std = _check_output(mean, std, out_dtype)
         self.out_dtype = out_dtype
         self.padding = V.check_choice("padding", padding, PADDINGS)
-        self.backend = backend
+        self.backend = dispatch.check_backend_name(backend, op=self.op) if backend is not None else None
         if random_fields is None:
             self.field_config = None
         elif isinstance(random_fields, str):

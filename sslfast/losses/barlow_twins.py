@@ -51,16 +51,17 @@ class BarlowTwinsLoss(nn.Module):
         torch.Size([64, 1024])
     """
 
+    op = "barlow_twins"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, lambda_param: float = 5e-3, gather_distributed: bool = False, eps: float = 1e-5,
                  mode: str = "auto", backend: Optional[str] = None):
         super().__init__()
         check_nonnegative("lambda_param", lambda_param)
-        check_crosscorr_options(gather_distributed, eps, mode, backend, "barlow_twins")
+        self.backend = check_crosscorr_options(gather_distributed, eps, mode, backend, self.op)
         self.lambda_param = float(lambda_param)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)
         self.mode = mode
-        self.backend = backend
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         return F_.barlow_twins_loss(z0, z1, self.lambda_param, eps=self.eps, mode=self.mode,

@@ -53,6 +53,8 @@ class CLIPLoss(nn.Module):
         True
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, init_temperature: float = 0.07, learnable: bool = True, max_logit_scale: float = 100.0,
                  normalize: bool = True, gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
@@ -68,7 +70,7 @@ class CLIPLoss(nn.Module):
         self.normalize = check_bool("normalize", normalize)
         check_bool("learnable", learnable)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend, "similarity_lse")
+        self.backend = check_common(gather_distributed, backend, self.op)
         init = torch.tensor(math.log(1.0 / init_temperature))
         if learnable:
             self.logit_scale = nn.Parameter(init)

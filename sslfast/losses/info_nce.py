@@ -40,6 +40,8 @@ class InfoNCELoss(nn.Module):
         torch.Size([])
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.07, symmetric: bool = True, normalize: bool = True,
                  gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
@@ -47,7 +49,7 @@ class InfoNCELoss(nn.Module):
         self.symmetric = check_bool("symmetric", symmetric)
         self.normalize = check_bool("normalize", normalize)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend, "similarity_lse")
+        self.backend = check_common(gather_distributed, backend, self.op)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         return F_.info_nce_loss(query, key, self.temperature, symmetric=self.symmetric, normalize=self.normalize,
