@@ -24,3 +24,15 @@ def test_info_lists_every_backend():
     out = subprocess.run([sys.executable, "-m", "sslfast.info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "similarity_lse" in out.stdout and "reference  available" in out.stdout
+
+
+def test_info_names_what_runs_on_each_op_and_the_loader_engines():
+    import sslfast.losses
+    from sslfast.info import report
+
+    text = report()
+    users = text.split("what runs on each op:")[1].split("\n\n")[0]
+    for name in sslfast.losses.__all__ + ["RandomFieldAugment", "SSLViews"]:
+        assert name in users, name
+    assert "similarity_lse               CLIPLoss" in users
+    assert 'dali, device="cpu"' in text and "torch (PIL fallback)         available" in text
