@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ._validation import FLOAT_DTYPES
+from ._validation import FLOAT_DTYPES, compiling
 
 BACKEND_ORDER = ("cuda", "triton", "numba", "reference")
 BACKEND_CHOICES = ("auto",) + BACKEND_ORDER
@@ -144,16 +144,11 @@ def select(op: str, *tensors: torch.Tensor, backend: Optional[str] = None, **kwa
         reasons = impl.not_supported_reasons(*tensors, **kwargs)
         if not reasons:
             # Dynamo cannot trace Logger methods (a graph break under torch.compile): log eagerly only
-            if not _compiling() and log.isEnabledFor(logging.DEBUG):
+            if not compiling() and log.isEnabledFor(logging.DEBUG):
                 log.debug("%s: %s (skipped: %s)", op, name, "; ".join(skipped) or "none")
             return impl
         skipped.append(f"{name}: {', '.join(reasons)}")
     raise RuntimeError(f"no backend of {op!r} can run these inputs: " + "; ".join(skipped))
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
 
 
 def load_all_ops() -> None:

@@ -126,7 +126,7 @@ def _check_scale(name: str, scale, like: _torch.Tensor):
         if scale.device != like.device:
             raise ValueError(f"{name} must be on the embeddings' device {like.device}, got {scale.device}")
         _v.check_finite(name, scale)
-        if _v._check_finite_enabled() and not bool(scale > 0):
+        if _v.value_checks_enabled() and not bool(scale > 0):
             raise ValueError(f"{name} must be > 0, got {float(scale)}")
         return scale
     return _v.check_positive(name, scale)
