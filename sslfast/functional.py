@@ -14,6 +14,8 @@ from . import dispatch as _dispatch
 from . import distributed as _distributed
 from .reference import contrastive as _contrastive
 
+__all__ = ["clip_loss", "dcl_loss", "dclw_loss", "info_nce_loss", "isogclr_loss", "moco_loss", "nt_xent_loss"]
+
 
 def _similarity_lse(backend):
     from .ops.similarity_lse import similarity_lse
@@ -260,6 +262,8 @@ def _check_isogclr_hyperparameters(*, gamma, rho, eta, beta_u, tau_min, tau_max,
 # ------------------------------------------------------------------------------------------------
 from .ops import crosscorr as _crosscorr_ops  # noqa: E402,F401  registers the backends (imports no Triton)
 from .reference.crosscorr import MODES as _CROSSCORR_MODES  # noqa: E402
+
+__all__ += ["barlow_twins_loss", "mixed_barlow_twins_loss", "vicreg_loss"]
 
 
 def _check_crosscorr_inputs(named_tensors, gather_distributed: bool, mode: str, eps) -> None:
