@@ -69,7 +69,8 @@ GeneratorLike = Union[None, int, torch.Generator]
 
 
 def check_images(images, *, name: str = "images") -> torch.Tensor:
-    """A (B, C, H, W) uint8 or floating tensor with C in {1, 3}, H, W >= 1, finite if float."""
+    """A (B, C, H, W) uint8 or floating tensor with C in {1, 3}, H, W >= 1; float values finite
+    and in [0, 1] (checked where value checks are on, see sslfast._validation)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if images.dim() != 4:
@@ -82,8 +83,13 @@ def check_images(images, *, name: str = "images") -> torch.Tensor:
                          f"(shape {tuple(images.shape)}; channels-last data needs .permute(0, 3, 1, 2))")
     if images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        V.check_finite(name, images)
+    if images.dtype != torch.uint8 and images.numel() and V.value_checks_enabled():
+        low, high = (float(v) for v in torch.aminmax(images))  # one pass: NaN/Inf show here too
+        if not (math.isfinite(low) and math.isfinite(high)):
+            V.check_finite(name, images)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"{name} must hold float values in [0, 1] (or be uint8), got values from {low:g} to "
+                             f"{high:g}; divide pixels in [0, 255] by 255")
     return images
 
 
