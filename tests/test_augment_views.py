@@ -177,3 +177,9 @@ def test_views_and_the_loader_share_one_recipe_definition():
     # a ViewSpec's own size wins over crop_size, as in the loader
     views = SSLViews([ViewSpec(size=10)], views=2, crop_size=16, generator=0)(_batch())
     assert [tuple(v.shape[-2:]) for v in views] == [(10, 10), (10, 10)]
+
+
+def test_an_empty_batch_gives_empty_views():
+    """RandomFieldAugment passes B = 0 through; SSLViews's blur (a grouped conv) used to fail."""
+    views = SSLViews("byol", crop_size=8, local_crops=1, local_crop_size=4, generator=0)(_batch()[:0])
+    assert [tuple(v.shape) for v in views] == [(0, 3, 8, 8)] * 2 + [(0, 3, 4, 4)]

@@ -76,6 +76,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     """Per-image separable Gaussian blur of x (B, C, H, W) with sigma (B,) (0: identity),
     reflect padding, 2 * radius + 1 taps."""
     batch, channels, height, width = x.shape
+    if x.numel() == 0:  # a grouped convolution needs at least one group
+        return x
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     safe = sigma.clamp_min(1e-6)[:, None]
     taps = torch.exp(-0.5 * (offsets[None] / safe) ** 2)
