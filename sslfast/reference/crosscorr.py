@@ -453,6 +453,7 @@ def mixed_barlow_twins_loss(
     cdt = compute_dtype(z0.dtype)
     alpha_rows = torch.as_tensor(alpha, dtype=cdt, device=z0.device).reshape(1).expand(n_local)
     if gather:
+        _dist.check_same_rows(z0)  # before the first all_gather, which would abort on unequal batches
         rank_offset = _dist.rank() * n_local
         index = _all_gather_nograd(index.to(torch.int64) + rank_offset)
         alpha_rows = _all_gather_nograd(alpha_rows.contiguous())
