@@ -183,3 +183,12 @@ def test_an_empty_batch_gives_empty_views():
     """RandomFieldAugment passes B = 0 through; SSLViews's blur (a grouped conv) used to fail."""
     views = SSLViews("byol", crop_size=8, local_crops=1, local_crop_size=4, generator=0)(_batch()[:0])
     assert [tuple(v.shape) for v in views] == [(0, 3, 8, 8)] * 2 + [(0, 3, 4, 4)]
+
+
+def test_random_fields_take_the_loaders_values():
+    """random_fields= means the same in SSLViews and DaliSSLLoader: None/False off, True the
+    "mild" preset, a preset name, a dict of strengths."""
+    assert SSLViews(random_fields=False).field_config is None
+    assert SSLViews(random_fields=True).field_config == SSLViews(random_fields="mild").field_config
+    with pytest.raises(TypeError, match="random_fields must be"):
+        SSLViews(random_fields=1)

@@ -108,7 +108,7 @@ class SSLViews(nn.Module):
         local_crop_size: side of the local views.
         local_crop_scale: crop scale range of the local views (None: the recipe's local view,
             by default LOCAL_SCALE).
-        random_fields: None (off), a preset name ("mild", "medium", "strong"), a dict of
+        random_fields: None or False (off), True ("mild"), a preset name ("mild", "medium", "strong"), a dict of
             RandomFieldAugment strength arguments, or a RandomFieldAugment whose strengths,
             length scale, p and sampler are used (its padding/normalisation are not).
         mean, std: output normalisation (ImageNet by default; None for values in [0, 1]).
@@ -167,16 +167,17 @@ class SSLViews(nn.Module):
         self.out_dtype = out_dtype
         self.padding = V.check_choice("padding", padding, PADDINGS)
         self.backend = dispatch.check_backend_name(backend, op=self.op) if backend is not None else None
-        if random_fields is None:
+        if random_fields is None or random_fields is False:
             self.field_config = None
-        elif isinstance(random_fields, str):
-            self.field_config = RandomFieldAugment.preset(random_fields).config
+        elif random_fields is True or isinstance(random_fields, str):  # True: "mild", as DaliSSLLoader
+            self.field_config = RandomFieldAugment.preset("mild" if random_fields is True else random_fields).config
         elif isinstance(random_fields, dict):
             self.field_config = RandomFieldAugment(**random_fields).config
         elif isinstance(random_fields, RandomFieldAugment):
             self.field_config = random_fields.config
         else:
-            raise TypeError("random_fields must be None, a preset name, a dict of strengths or a RandomFieldAugment, "
+            raise TypeError("random_fields must be None/False, True (the 'mild' preset), a preset name, a dict of "
+                            "strengths or a RandomFieldAugment, "
                             f"got {type(random_fields).__name__}")
         if isinstance(generator, bool) or not (generator is None or isinstance(generator, (torch.Generator, int))):
             raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
