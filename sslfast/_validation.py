@@ -36,7 +36,8 @@ def check_tensor(name: str, x, *, ndim=None, min_size0: int = 0, what: str = "ro
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
     if x.dim() > 0 and x.shape[0] < min_size0:
-        raise ValueError(f"{name} needs at least {min_size0} {what}, got {x.shape[0]} (shape {tuple(x.shape)})")
+        noun = what[:-1] if min_size0 == 1 and what.endswith("s") else what  # "1 row", "2 rows"
+        raise ValueError(f"{name} needs at least {min_size0} {noun}, got {x.shape[0]} (shape {tuple(x.shape)})")
     if x.dim() > 1 and x.shape[-1] == 0:
         raise ValueError(f"{name} must have a non-empty feature dimension, got shape {tuple(x.shape)}")
     check_finite(name, x)
