@@ -12,11 +12,15 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_finite_enabled() -> bool:
-    if os.environ.get("SSLFAST_CHECK_FINITE", "1") == "0":
-        return False
+def compiling() -> bool:
+    """Whether torch.compile is tracing (checks that read values back must not run then)."""
     compiler = getattr(torch, "compiler", None)
-    return not (compiler is not None and compiler.is_compiling())
+    return compiler is not None and compiler.is_compiling()
+
+
+def value_checks_enabled() -> bool:
+    """Whether checks that read tensor values back to the host run (see the module docstring)."""
+    return os.environ.get("SSLFAST_CHECK_FINITE", "1") != "0" and not compiling()
 
 
 def check_tensor(name: str, x, *, ndim=None, min_size0: int = 0, what: str = "rows") -> torch.Tensor:
@@ -32,7 +36,8 @@ def check_tensor(name: str, x, *, ndim=None, min_size0: int = 0, what: str = "ro
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
     if x.dim() > 0 and x.shape[0] < min_size0:
-        raise ValueError(f"{name} needs at least {min_size0} {what}, got {x.shape[0]} (shape {tuple(x.shape)})")
+        noun = what[:-1] if min_size0 == 1 and what.endswith("s") else what  # "1 row", "2 rows"
+        raise ValueError(f"{name} needs at least {min_size0} {noun}, got {x.shape[0]} (shape {tuple(x.shape)})")
     if x.dim() > 1 and x.shape[-1] == 0:
         raise ValueError(f"{name} must have a non-empty feature dimension, got shape {tuple(x.shape)}")
     check_finite(name, x)
@@ -41,7 +46,7 @@ def check_tensor(name: str, x, *, ndim=None, min_size0: int = 0, what: str = "ro
 
 def check_finite(name: str, x: torch.Tensor) -> None:
     # one pass: min and max are finite iff every entry is (NaN propagates through both)
-    if x.numel() and _check_finite_enabled() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
+    if x.numel() and value_checks_enabled() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or Inf value(s) (shape {tuple(x.shape)})")
 
@@ -126,7 +131,7 @@ def check_index(name: str, index, *, length: int, size: int, distinct: bool = Tr
         raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
     if index.dim() != 1 or index.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {tuple(index.shape)}")
-    if index.numel() and _check_finite_enabled():
+    if index.numel() and value_checks_enabled():
         low, high = int(index.min()), int(index.max())
         if low < 0 or high >= size:
             raise ValueError(f"{name} must lie in [0, {size}), got values from {low} to {high}")
@@ -134,11 +139,6 @@ def check_index(name: str, index, *, length: int, size: int, distinct: bool = Tr
             raise ValueError(f"{name} must not repeat a sample within a batch, got {index.numel()} entries "
                              f"with {torch.unique(index).numel()} distinct")
     return index
-
-
-def value_checks_enabled() -> bool:
-    """Whether checks that read tensor values back to the host run (see the module docstring)."""
-    return _check_finite_enabled()
 
 
 def check_index_range(name: str, idx, *, length: int, device, low: int, high: int) -> torch.Tensor:

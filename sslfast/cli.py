@@ -169,13 +169,14 @@ def _method_options(items: Sequence[str]) -> dict:
     return out
 
 
-def _resolve_checkpoint(path: str) -> str:
+def _resolve_checkpoint(path: str, argument: str) -> str:
+    """The checkpoint file that `argument` (the option's name, for the error) designates."""
     from .train.trainer import LAST
 
     if os.path.isdir(path):
         path = os.path.join(path, LAST)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path!r} (expected a run folder holding {LAST}, "
+        raise FileNotFoundError(f"{argument}: no checkpoint at {path!r} (expected a run folder holding {LAST}, "
                                 f"or a checkpoint file)")
     return path
 
@@ -191,7 +192,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise ValueError("--resume takes the configuration of the run it continues: drop --config")
-        resume_state = ckpt.load(_resolve_checkpoint(args.resume))
+        resume_state = ckpt.load(_resolve_checkpoint(args.resume, "--resume"))
         values = dict(resume_state["config"], out=os.path.dirname(resume_state["path"]))
         changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDABLE and v != values.get(k))
         if changed or extra:
@@ -217,9 +218,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _knn(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(_resolve_checkpoint(args.checkpoint), data=args.data, val_data=args.val_data,
-                                  k=args.k, temperature=args.temperature, batch_size=args.batch, device=args.device,
-                                  train_samples=args.train_samples)
+    metrics = evaluate_checkpoint(_resolve_checkpoint(args.checkpoint, "checkpoint"), data=args.data,
+                                  val_data=args.val_data, k=args.k, temperature=args.temperature,
+                                  batch_size=args.batch, device=args.device, train_samples=args.train_samples)
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ._validation import FLOAT_DTYPES
+from ._validation import FLOAT_DTYPES, compiling
 
 BACKEND_ORDER = ("cuda", "triton", "numba", "reference")
 BACKEND_CHOICES = ("auto",) + BACKEND_ORDER
@@ -106,12 +106,17 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def check_backend_name(backend: Optional[str]) -> str:
-    """Validate a user's `backend=` argument (None means auto, or SSLFAST_BACKEND)."""
+def check_backend_name(backend: Optional[str], op: Optional[str] = None) -> str:
+    """Validate a user's `backend=` argument (None means auto, or SSLFAST_BACKEND); with `op`,
+    a backend named explicitly must be one that op has (SSLFAST_BACKEND is checked at use)."""
+    explicit = backend is not None
     if backend is None:
         backend = os.environ.get("SSLFAST_BACKEND", "auto") or "auto"
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {list(BACKEND_CHOICES)}, got {backend!r}")
+    if explicit and op is not None and backend != "auto" and backend not in backends(op):
+        raise ValueError(f"backend {backend!r} is not a backend of op {op!r} (it has "
+                         f"{', '.join(['auto', *backends(op)])})")
     return backend
 
 
@@ -139,16 +144,11 @@ def select(op: str, *tensors: torch.Tensor, backend: Optional[str] = None, **kwa
         reasons = impl.not_supported_reasons(*tensors, **kwargs)
         if not reasons:
             # Dynamo cannot trace Logger methods (a graph break under torch.compile): log eagerly only
-            if not _compiling() and log.isEnabledFor(logging.DEBUG):
+            if not compiling() and log.isEnabledFor(logging.DEBUG):
                 log.debug("%s: %s (skipped: %s)", op, name, "; ".join(skipped) or "none")
             return impl
         skipped.append(f"{name}: {', '.join(reasons)}")
     raise RuntimeError(f"no backend of {op!r} can run these inputs: " + "; ".join(skipped))
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
 
 
 def load_all_ops() -> None:

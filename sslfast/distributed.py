@@ -7,7 +7,8 @@ averaging every parameter gradient equals dL/dtheta exactly (tests check both).
 
 `gather` is all_gather in forward and, in backward, the sum over ranks of the gradients that
 reached each rank's slice (a reduce-scatter), which is what the chain rule asks for when every
-rank uses the gathered tensor. Batches must have the same shape on every rank.
+rank uses the gathered tensor. Batches must have the same shape on every rank (checked: a clear
+error on every rank otherwise).
 """
 from __future__ import annotations
 
@@ -36,16 +37,37 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        n = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+        # reduce-scatter: each rank receives only the sum of its own slice, half the bytes of an
+        # all_reduce of the whole gathered gradient followed by a slice
+        parts = [part.contiguous() for part in grad.chunk(dist.get_world_size(), dim=0)]
+        out = torch.empty_like(parts[dist.get_rank()])
+        dist.reduce_scatter(out, parts, op=dist.ReduceOp.SUM)
+        return out
+
+
+def check_same_rows(x: torch.Tensor) -> None:
+    """Raise on every rank when the ranks hold different numbers of rows (all_gather needs equal
+    shapes: gloo aborts the process, NCCL may hang or read garbage). One tiny all_gather plus a
+    read-back, so it follows the switch of the other value checks (SSLFAST_CHECK_FINITE=0 skips
+    it; so does torch.compile tracing)."""
+    from ._validation import value_checks_enabled
+
+    if world_size() == 1 or not value_checks_enabled():
+        return
+    mine = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    rows = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(rows, mine)
+    rows = [int(r) for r in rows]
+    if len(set(rows)) > 1:
+        raise ValueError(f"gather_distributed needs the same number of rows on every rank, got {rows} (rank r "
+                         f"holds rows[r]); give every rank equal batches (e.g. drop_last=True in the loader)")
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` from every rank along dim 0, differentiably (identity when not distributed)."""
     if world_size() == 1:
         return x
+    check_same_rows(x)
     return _GatherWithGrad.apply(x)
 
 

@@ -14,6 +14,8 @@ from . import dispatch as _dispatch
 from . import distributed as _distributed
 from .reference import contrastive as _contrastive
 
+__all__ = ["clip_loss", "dcl_loss", "dclw_loss", "info_nce_loss", "isogclr_loss", "moco_loss", "nt_xent_loss"]
+
 
 def _similarity_lse(backend):
     from .ops.similarity_lse import similarity_lse
@@ -126,7 +128,7 @@ def _check_scale(name: str, scale, like: _torch.Tensor):
         if scale.device != like.device:
             raise ValueError(f"{name} must be on the embeddings' device {like.device}, got {scale.device}")
         _v.check_finite(name, scale)
-        if _v._check_finite_enabled() and not bool(scale > 0):
+        if _v.value_checks_enabled() and not bool(scale > 0):
             raise ValueError(f"{name} must be > 0, got {float(scale)}")
         return scale
     return _v.check_positive(name, scale)
@@ -258,36 +260,29 @@ def _check_isogclr_hyperparameters(*, gamma, rho, eta, beta_u, tau_min, tau_max,
 # Cross-correlation losses (Barlow Twins, VICReg, Mixed Barlow Twins): sslfast.reference.crosscorr,
 # run by the kernel set of the backend that sslfast.ops.crosscorr registers for each loss.
 # ------------------------------------------------------------------------------------------------
-from typing import Optional as _CrossOptional
+from .ops import crosscorr as _crosscorr_ops  # noqa: E402,F401  registers the backends (imports no Triton)
+from .reference.crosscorr import MODES as _CROSSCORR_MODES  # noqa: E402
 
-import torch as _ctorch
-
-from . import _validation as _cv
-from . import dispatch as _cdispatch
-from . import distributed as _cdistributed
-from .ops import crosscorr as _crosscorr_ops  # noqa: F401  registers the backends (imports no Triton)
-
-_CROSSCORR_MODES = ("auto", "gram", "cross")
+__all__ += ["barlow_twins_loss", "mixed_barlow_twins_loss", "vicreg_loss"]
 
 
 def _check_crosscorr_inputs(named_tensors, gather_distributed: bool, mode: str, eps) -> None:
     (first_name, first), *rest = named_tensors
-    _cv.check_bool("gather_distributed", gather_distributed)
-    _cv.check_choice("mode", mode, _CROSSCORR_MODES)
-    _cv.check_positive("eps", eps)
-    _cv.check_embeddings(first_name, first)
+    _v.check_bool("gather_distributed", gather_distributed)
+    _v.check_choice("mode", mode, _CROSSCORR_MODES)
+    _v.check_positive("eps", eps)
+    _v.check_embeddings(first_name, first)
     for name, tensor in rest:
-        _cv.check_embeddings(name, tensor)
-        _cv.check_same_shape(first_name, first, name, tensor)
-        _cv.check_same_dtype(first_name, first, name, tensor)
-    world = _cdistributed.world_size() if gather_distributed else 1
-    if first.shape[0] * world < 2:
+        _v.check_embeddings(name, tensor)
+        _v.check_same_shape(first_name, first, name, tensor)
+        _v.check_same_dtype(first_name, first, name, tensor)
+    if _global_batch(first.shape[0], gather_distributed) < 2:
         raise ValueError(f"{first_name} needs at least 2 samples (rows) in the batch for the batch mean and "
                          f"variance, got {first.shape[0]} (shape {tuple(first.shape)})")
 
 
 def barlow_twins_loss(z0, z1, lambda_param: float = 5e-3, *, eps: float = 1e-5, mode: str = "auto",
-                      gather_distributed: bool = False, backend: _CrossOptional[str] = None):
+                      gather_distributed: bool = False, backend: _Optional[str] = None):
     r"""Barlow Twins loss (Zbontar et al., 2021, https://arxiv.org/abs/2103.03230).
 
     With z0, z1 standardised over the batch (biased variance, eps) and C = z0n^T z1n / N:
@@ -304,14 +299,14 @@ def barlow_twins_loss(z0, z1, lambda_param: float = 5e-3, *, eps: float = 1e-5, 
         True
     """
     _check_crosscorr_inputs((("z0", z0), ("z1", z1)), gather_distributed, mode, eps)
-    _cv.check_nonnegative("lambda_param", lambda_param)
-    impl = _cdispatch.select("barlow_twins", z0, z1, backend=backend)
+    _v.check_nonnegative("lambda_param", lambda_param)
+    impl = _dispatch.select("barlow_twins", z0, z1, backend=backend)
     return impl.fn(z0, z1, float(lambda_param), eps=float(eps), mode=mode, gather_distributed=gather_distributed)
 
 
 def vicreg_loss(z0, z1, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0, *,
                 eps: float = 1e-4, mode: str = "auto", gather_distributed: bool = False,
-                backend: _CrossOptional[str] = None):
+                backend: _Optional[str] = None):
     r"""VICReg loss (Bardes et al., 2022, https://arxiv.org/abs/2105.04906).
 
     lambda_param * mse(z0, z1) + mu_param * (mean_i relu(1 - sqrt(var_i(z0) + eps)) + same for z1) / 2
@@ -328,8 +323,8 @@ def vicreg_loss(z0, z1, lambda_param: float = 25.0, mu_param: float = 25.0, nu_p
     """
     _check_crosscorr_inputs((("z0", z0), ("z1", z1)), gather_distributed, mode, eps)
     for name, value in (("lambda_param", lambda_param), ("mu_param", mu_param), ("nu_param", nu_param)):
-        _cv.check_nonnegative(name, value)
-    impl = _cdispatch.select("vicreg", z0, z1, backend=backend)
+        _v.check_nonnegative(name, value)
+    impl = _dispatch.select("vicreg", z0, z1, backend=backend)
     return impl.fn(z0, z1, float(lambda_param), float(mu_param), float(nu_param), eps=float(eps), mode=mode,
                    gather_distributed=gather_distributed)
 
@@ -337,7 +332,7 @@ def vicreg_loss(z0, z1, lambda_param: float = 25.0, mu_param: float = 25.0, nu_p
 def mixed_barlow_twins_loss(z0, z1, z_mixed, index, alpha, lambda_param: float = 5e-3,
                             mixup_loss_scale: float = 5.0, *, eps: float = 1e-5, mode: str = "auto",
                             gather_distributed: bool = False, return_terms: bool = False,
-                            backend: _CrossOptional[str] = None):
+                            backend: _Optional[str] = None):
     r"""Mixed Barlow Twins (Bandara et al., 2023, https://arxiv.org/abs/2312.02151), CIFAR form.
 
     Barlow Twins on z0, z1 (standardised with the unbiased std, as the official CIFAR code) plus
@@ -356,15 +351,15 @@ def mixed_barlow_twins_loss(z0, z1, z_mixed, index, alpha, lambda_param: float =
         True
     """
     _check_crosscorr_inputs((("z0", z0), ("z1", z1), ("z_mixed", z_mixed)), gather_distributed, mode, eps)
-    _cv.check_nonnegative("lambda_param", lambda_param)
-    _cv.check_nonnegative("mixup_loss_scale", mixup_loss_scale)
-    _cv.check_bool("return_terms", return_terms)
-    if isinstance(alpha, _ctorch.Tensor) and alpha.dim() == 0:
+    _v.check_nonnegative("lambda_param", lambda_param)
+    _v.check_nonnegative("mixup_loss_scale", mixup_loss_scale)
+    _v.check_bool("return_terms", return_terms)
+    if isinstance(alpha, _torch.Tensor) and alpha.dim() == 0:
         alpha = float(alpha)
-    _cv.check_fraction("alpha", alpha, allow_zero=True)
-    _cv.check_index("index", index, length=z0.shape[0], size=z0.shape[0], distinct=False)
+    _v.check_fraction("alpha", alpha, allow_zero=True)
+    _v.check_index("index", index, length=z0.shape[0], size=z0.shape[0], distinct=False)
     if index.device != z0.device:
         raise ValueError(f"index must be on the device of z0 ({z0.device}), got {index.device}")
-    impl = _cdispatch.select("mixed_barlow_twins", z0, z1, z_mixed, backend=backend)
+    impl = _dispatch.select("mixed_barlow_twins", z0, z1, z_mixed, backend=backend)
     return impl.fn(z0, z1, z_mixed, index, float(alpha), float(lambda_param), float(mixup_loss_scale),
                    eps=float(eps), mode=mode, gather_distributed=gather_distributed, return_terms=return_terms)

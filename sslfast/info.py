@@ -33,8 +33,34 @@ def report() -> str:
     lines.append(f"{'op':<28} {'backend':<10} status on {device.type}")
     for op, name, status in dispatch.describe(device):
         lines.append(f"{op:<28} {name:<10} {status}")
+    lines += ["", "what runs on each op:"]
+    lines += [f"{op:<28} {', '.join(users)}" for op, users in _op_users().items()]
     lines += _crosscorr_modes()
+    lines += _loader_engines(device)
     return "\n".join(lines)
+
+
+def _op_users() -> dict:
+    """{op: [public classes computed by it]}, from each class's `op` attribute."""
+    from . import losses
+    from .augment import RandomFieldAugment, SSLViews
+
+    users: dict = {}
+    for cls in [getattr(losses, name) for name in sorted(losses.__all__)] + [RandomFieldAugment, SSLViews]:
+        users.setdefault(cls.op, []).append(cls.__name__)
+    return dict(sorted(users.items()))
+
+
+def _loader_engines(device) -> list:
+    """The engines sslfast.data.DaliSSLLoader can use here."""
+    from .data.dali_backend import dali_unavailable_reason
+
+    dali = dali_unavailable_reason()
+    gpu = "available" if dali is None and device.type == "cuda" else (dali or "needs a CUDA device")
+    rows = [('dali, device="gpu"', gpu), ('dali, device="cpu"', dali or "available"),
+            ("torch (PIL fallback)", "available")]
+    return ["", 'data loader (sslfast.data.DaliSSLLoader; backend="auto" picks DALI where installed):',
+            *(f"{engine:<28} {status}" for engine, status in rows)]
 
 
 def _crosscorr_modes() -> list:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sslfast import dispatch
-from sslfast.augment import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, RandomFieldAugment, apply_random_fields,
+from sslfast.augment import (IMAGENET_MEAN, IMAGENET_STD, PRESETS, RandomFieldAugment, SSLViews, apply_random_fields,
                              random_field_augment)
 from sslfast.augment import params as P
 
@@ -438,6 +438,13 @@ def test_bad_input_raises_clear_errors():
     nan_images[1, 2, 3, 4] = float("nan")
     with pytest.raises(ValueError, match="images contains 1 NaN"):
         aug(nan_images)
+    # float pixels in [0, 255] (a common slip) would be clamped to white: a clear error instead
+    pixels = torch.rand(2, 3, 8, 8) * 255
+    pixels[0, 0, 0, :2] = torch.tensor([0.0, 255.0])
+    with pytest.raises(ValueError, match=r"images must hold float values in \[0, 1\].*got values from 0 to 255"):
+        aug(pixels)
+    with pytest.raises(ValueError, match=r"images must hold float values in \[0, 1\]"):
+        SSLViews(crop_size=4)(torch.rand(2, 3, 8, 8) - 0.5)
     with pytest.raises(ValueError, match="saturation and hue need RGB"):
         RandomFieldAugment(hue=0.1)(torch.zeros(1, 1, 4, 4))
 

@@ -89,6 +89,22 @@ def test_infinite_length_scale_gives_constant_fields():
         assert f[:, 0, 0].abs().max() > 0
 
 
+def test_a_length_scale_far_beyond_the_image_is_the_constant_field():
+    """ell = 1e9 px must not build a smoothing matrix with O(ell) padding (it asked for ~36 GB):
+    beyond 1000 image diagonals the SE correlation across the image exceeds 1 - 5e-7, and the
+    samplers draw the constant field, exactly as for ell = inf."""
+    for sampler in RF.SAMPLERS:
+        assert RF.control_grid_shape(16, 16, 1e9, sampler) == RF.control_grid_shape(16, 16, math.inf, sampler)
+        huge = RF.gaussian_random_field(3, 16, 16, 1e9, sampler=sampler, generator=torch.Generator().manual_seed(4))
+        const = RF.gaussian_random_field(3, 16, 16, math.inf, sampler=sampler,
+                                         generator=torch.Generator().manual_seed(4))
+        assert torch.equal(huge, const)
+    # just inside the bound, the fast sampler still smooths (and stays small)
+    ell = 900 * math.hypot(16, 16)
+    f = RF.gaussian_random_field(2, 16, 16, ell, generator=torch.Generator().manual_seed(5))
+    assert (f - f[:, :1, :1]).abs().max() < 1e-2 * f[:, 0, 0].abs().max() + 1e-6
+
+
 def test_control_grid_shapes():
     assert RF.control_grid_shape(1, 1, 5.0) == (1, 1)
     assert RF.control_grid_shape(224, 224, 56.0) == (17, 17)

@@ -1,12 +1,15 @@
 """SSLViews (SimCLR / BYOL / Barlow Twins views, multi-crop, random fields) and preview-aug."""
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from sslfast.augment import RECIPES, SSLViews
-from sslfast.augment.views import ViewRecipe, gaussian_blur, random_resized_crop_boxes
+from sslfast.augment.views import gaussian_blur, random_resized_crop_boxes
+from sslfast.data.recipes import LOCAL_SCALE, RECIPES as LOADER_RECIPES, ViewSpec
 
 
 def _batch(seed=0, shape=(6, 3, 40, 52)):
@@ -44,7 +47,7 @@ def test_crop_flip_only_recipe_is_an_exact_crop():
     view's own size (scale pinned to the ratio of areas), i.e. an exact copy of input pixels."""
     images = _batch(3, (4, 3, 30, 30))
     area = (10 * 10) / (30 * 30)
-    recipe = ViewRecipe(crop_scale=(area, area), crop_ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0,
+    recipe = ViewSpec(scale=(area, area), ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0,
                         blur_p=0.0)
     view = SSLViews([recipe], views=1, crop_size=10, mean=None, std=None, generator=0)(images)[0]
     for b in range(4):
@@ -56,12 +59,12 @@ def test_crop_flip_only_recipe_is_an_exact_crop():
 
 def test_grayscale_and_solarize():
     images = _batch(4)
-    grey = ViewRecipe(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
+    grey = ViewSpec(jitter_p=0.0, grayscale_p=1.0, blur_p=0.0)
     view = SSLViews([grey], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     torch.testing.assert_close(view[:, 0], view[:, 1], rtol=0, atol=1e-6)
     torch.testing.assert_close(view[:, 1], view[:, 2], rtol=0, atol=1e-6)
-    solar = ViewRecipe(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=1.0)
-    base = ViewRecipe(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    solar = ViewSpec(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=1.0)
+    base = ViewSpec(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
     s = SSLViews([solar], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     p = SSLViews([base], views=1, crop_size=16, mean=None, std=None, generator=0)(images)[0]
     torch.testing.assert_close(s, torch.where(p >= 0.5, 1 - p, p), rtol=0, atol=1e-6)
@@ -97,6 +100,8 @@ def test_bad_arguments():
         SSLViews(views=0)
     with pytest.raises(ValueError, match="local_crop_scale"):
         SSLViews(local_crop_scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SSLViews(backend="gpu")
     with pytest.raises(TypeError, match="random_fields must be None"):
         SSLViews(random_fields=3.0)
     with pytest.raises(ValueError, match="preset must be one of"):
@@ -132,3 +137,58 @@ def test_preview_checkerboard_and_loader():
     board = checkerboard(16, squares=4)
     assert board.shape == (1, 3, 16, 16) and board.dtype == torch.uint8
     assert board[0, 0, 0, 0] == 0 and board[0, 0, 0, 4] == 255 and math.isclose(board.float().mean().item(), 127.5)
+
+
+def test_an_int_seed_gives_new_views_every_epoch_in_dataloader_workers():
+    """DataLoader workers are new processes every epoch (persistent_workers=False): an int seed
+    must not restart the same stream in each, or every epoch repeats the previous one's views."""
+    code = (
+        "import torch\n"
+        "from torch.utils.data import DataLoader, Dataset\n"
+        "from sslfast.augment import RandomFieldAugment, SSLViews\n"
+        "torch.manual_seed(0)\n"
+        "img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))\n"
+        "for make in (lambda: RandomFieldAugment.preset('medium', generator=0, backend='reference'),\n"
+        "             lambda: SSLViews('simclr', crop_size=12, generator=0, backend='reference')):\n"
+        "    aug = make()\n"
+        "    class D(Dataset):\n"
+        "        def __len__(self): return 2\n"
+        "        def __getitem__(self, i):\n"
+        "            out = aug(img)\n"
+        "            return out[0] if isinstance(out, torch.Tensor) else out[0][0]\n"
+        "    loader = DataLoader(D(), batch_size=None, num_workers=1, multiprocessing_context='fork')\n"
+        "    epoch0, epoch1 = list(loader), list(loader)\n"
+        "    assert not torch.equal(epoch0[0], epoch0[1]), 'one worker repeated its own views'\n"
+        "    assert not torch.equal(epoch0[0], epoch1[0]), f'{type(aug).__name__}: epoch 1 repeated epoch 0'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_views_and_the_loader_share_one_recipe_definition():
+    """One set of recipes and one local-crop default for SSLViews and DaliSSLLoader."""
+    for name in LOADER_RECIPES:
+        assert SSLViews(name).recipe is LOADER_RECIPES[name]
+    make = SSLViews("byol", crop_size=16, local_crops=1, local_crop_size=8)
+    assert make.local_view.scale == LOCAL_SCALE and make.local_view.size == 8
+    assert SSLViews(local_crop_scale=(0.1, 0.2)).local_view.scale == (0.1, 0.2)
+    # a ViewSpec's own size wins over crop_size, as in the loader
+    views = SSLViews([ViewSpec(size=10)], views=2, crop_size=16, generator=0)(_batch())
+    assert [tuple(v.shape[-2:]) for v in views] == [(10, 10), (10, 10)]
+
+
+def test_an_empty_batch_gives_empty_views():
+    """RandomFieldAugment passes B = 0 through; SSLViews's blur (a grouped conv) used to fail."""
+    views = SSLViews("byol", crop_size=8, local_crops=1, local_crop_size=4, generator=0)(_batch()[:0])
+    assert [tuple(v.shape) for v in views] == [(0, 3, 8, 8)] * 2 + [(0, 3, 4, 4)]
+
+
+def test_random_fields_take_the_loaders_values():
+    """random_fields= means the same in SSLViews and DaliSSLLoader: None/False off, True the
+    "mild" preset, a preset name, a dict of strengths."""
+    assert SSLViews(random_fields=False).field_config is None
+    assert SSLViews(random_fields=True).field_config == SSLViews(random_fields="mild").field_config
+    with pytest.raises(TypeError, match="random_fields must be"):
+        SSLViews(random_fields=1)

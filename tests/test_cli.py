@@ -71,6 +71,13 @@ def test_bad_input_exits_1_with_a_message_naming_it(args, message, capsys):
     assert err.startswith("sslfast: error: ") and message in err
 
 
+def test_knn_names_its_own_argument_for_a_missing_checkpoint(capsys):
+    assert cli.main(["knn", "/no/such/run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sslfast: error: checkpoint: no checkpoint at '/no/such/run'"), err
+    assert "--resume" not in err
+
+
 def test_a_wrong_type_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["pretrain", "--epochs", "many"])

@@ -86,6 +86,13 @@ def _worker(rank, world_size, names):
     # DCL needs 2 samples over the global batch, not per rank
     torch.manual_seed(rank)
     out["dcl_local_batch_of_one"] = L.DCLLoss(gather_distributed=True)(torch.randn(1, 4), torch.randn(1, 4))
+    # batches of different sizes on the ranks: a clear error on every rank, not a crash in all_gather
+    z = torch.randn(2 + rank, 4)
+    try:
+        L.NTXentLoss(gather_distributed=True)(z, z + 1)
+        out["unequal_batches"] = "no error"
+    except ValueError as exc:
+        out["unequal_batches"] = str(exc)
     return out
 
 
@@ -119,6 +126,12 @@ def test_gather_distributed_equals_single_process(name, distributed_results):
     for key, value in grads.items():
         if key.startswith("loss."):  # e.g. CLIP's logit scale, outside DDP: the mean over ranks
             torch.testing.assert_close(sum(r[2][key] for r in per_rank) / WORLD, value, **tol)
+
+
+def test_unequal_batches_across_ranks_are_a_clear_error_on_every_rank(distributed_results):
+    for result in distributed_results:
+        assert "the same number of rows on every rank" in result["unequal_batches"], result["unequal_batches"]
+        assert "[2, 3]" in result["unequal_batches"]
 
 
 def test_local_batch_of_one_is_enough_when_gathering(distributed_results):

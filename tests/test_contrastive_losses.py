@@ -215,7 +215,13 @@ def test_half_inputs_are_supported():
     z0, z1 = (torch.randn(8, 16).to(torch.bfloat16).requires_grad_() for _ in range(2))
     loss = L.NTXentLoss(0.2)(z0, z1)
     loss.backward()
-    assert loss.dtype == torch.float32 and z0.grad.dtype == torch.bfloat16 and torch.isfinite(z0.grad).all()
+    assert loss.dtype == torch.float32 and z0.grad.dtype == torch.bfloat16
+    # against fp64 on the same (bf16-rounded) values: bf16 keeps 8 bits of mantissa
+    w0, w1 = (z.detach().double().requires_grad_() for z in (z0, z1))
+    want = L.NTXentLoss(0.2)(w0, w1)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z0.grad.double(), w0.grad, rtol=1e-2, atol=1e-2 * float(w0.grad.abs().max()))
 
 
 def _op_is_a_library_op() -> bool:
@@ -257,10 +263,16 @@ BAD_CONSTRUCTORS = [
     (lambda: L.NTXentLoss(memory_bank_size=(16, 4, 2)), ValueError, "memory_bank_size"),
     (lambda: L.NTXentLoss(gather_distributed="yes"), TypeError, "gather_distributed"),
     (lambda: L.NTXentLoss(backend="gpu"), ValueError, "backend"),
+    # a backend the op does not have fails at construction, not at the first forward
+    (lambda: L.NTXentLoss(backend="cuda"), ValueError, "backend 'cuda'"),
+    (lambda: L.MoCoLoss(backend="numba"), ValueError, "backend 'numba'"),
     (lambda: L.DCLLoss(weight_fn=3), TypeError, "weight_fn"),
     (lambda: L.DCLWLoss(sigma=0), ValueError, "sigma"),
     (lambda: L.CLIPLoss(init_temperature=0), ValueError, "init_temperature"),
     (lambda: L.CLIPLoss(max_logit_scale=0.5), ValueError, "max_logit_scale"),
+    # outside [1 / max_logit_scale, 1] the clamp would hold the scale at a bound with no gradient
+    (lambda: L.CLIPLoss(init_temperature=2.0), ValueError, "init_temperature"),
+    (lambda: L.CLIPLoss(init_temperature=0.005), ValueError, "init_temperature"),
     (lambda: L.InfoNCELoss(symmetric=1), TypeError, "symmetric"),
     (lambda: L.MoCoLoss(queue_size=0), ValueError, "queue_size"),
     (lambda: L.MoCoLoss(dim=2.0), TypeError, "dim"),

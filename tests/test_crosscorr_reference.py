@@ -381,6 +381,8 @@ def test_mixed_barlow_twins_bad_input(args, error, match):
     (lambda: BarlowTwinsLoss(gather_distributed="yes"), TypeError, "gather_distributed must be a bool"),
     (lambda: BarlowTwinsLoss(mode="gram2"), ValueError, "mode must be one of"),
     (lambda: BarlowTwinsLoss(backend="xla"), ValueError, "backend must be one of"),
+    (lambda: BarlowTwinsLoss(backend="cuda"), ValueError, "backend 'cuda' is not a backend of op 'barlow_twins'"),
+    (lambda: VICRegLoss(backend="numba"), ValueError, "backend 'numba' is not a backend of op 'vicreg'"),
     (lambda: VICRegLoss(mu_param=-1), ValueError, "mu_param must be a finite number >= 0"),
     (lambda: VICRegLoss(eps=0), ValueError, "eps must be a finite number > 0"),
     (lambda: MixedBarlowTwinsLoss(mixup_loss_scale=-2.0), ValueError, "mixup_loss_scale must be a finite number"),

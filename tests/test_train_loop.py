@@ -186,6 +186,26 @@ def test_resume_restores_momentum_encoder_queue_and_schedule(cache, tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
+def test_a_compiled_run_writes_plain_parameter_names_and_resumes(cache, tmp_path):
+    """--compile must not rename the parameters in the checkpoint (torch.compile's wrapper adds
+    `_orig_mod.`), or the resumed run, built uncompiled before it compiles, cannot load them.
+    No step runs here: compilation is lazy, so this costs no compile time."""
+    from sslfast.train import checkpoint as ckpt
+    from sslfast.train.trainer import Trainer
+
+    first = Trainer(_config(tmp_path / "run", compile=True), log=lambda m: None)
+    try:
+        path = first.save_checkpoint(time.time())
+    finally:
+        first.loader.close()
+    state = ckpt.load(path)
+    assert not [k for k in state["model"] if "_orig_mod" in k]
+    resumed = Trainer(PretrainConfig.from_dict(state["config"]), resume=path, log=lambda m: None)
+    resumed.loader.close()
+    for key, value in state["model"].items():
+        assert torch.equal(resumed.method.state_dict()[key], value), key
+
+
 def test_a_diverging_loss_stops_with_the_step_and_the_last_good_checkpoint(cache, tmp_path, monkeypatch):
     from sslfast.train import checkpoint as ckpt
     from sslfast.train.methods import SimCLR

@@ -4,7 +4,8 @@ A field f over pixel positions p = (x, y) is zero-mean Gaussian with covariance
 
     Cov(f(p), f(p')) = sigma^2 * exp(-|p - p'|^2 / (2 * ell^2)),
 
-`ell` the length scale in pixels (`inf`: a constant field, one N(0, sigma^2) value per image).
+`ell` the length scale in pixels (`inf`: a constant field, one N(0, sigma^2) value per image;
+so is any ell beyond 1000 image diagonals, where the field is constant to 5e-7 in correlation).
 Every sampler here returns unit-variance fields (sigma = 1); callers multiply by sigma.
 
 Samplers
@@ -53,6 +54,10 @@ NODES_PER_LENGTH_SCALE = 4  # control-grid nodes per ell of the fast sampler
 _SMOOTHING_RADIUS = 3.0
 _TORUS_MARGIN = 5.0  # spectral sampler: torus margin in length scales
 _TORUS_CAP = 16  # ... at most this many times the image's larger side
+# Beyond this many image diagonals, the SE correlation between any two pixels exceeds 1 - 5e-7
+# (the field varies by < 1e-3 of its std across the image), while the fast sampler's smoothing
+# padding grows as ell / spacing: such length scales draw the constant field, as ell = inf.
+_CONSTANT_BEYOND_DIAGONALS = 1000.0
 
 
 def _check_length_scale(length_scale) -> float:
@@ -64,6 +69,12 @@ def _check_length_scale(length_scale) -> float:
     return check_positive("length_scale", value)
 
 
+def _effective_length_scale(length_scale, height: int, width: int) -> float:
+    """The checked length scale, or inf where the field is constant over the image to 5e-7."""
+    ell = _check_length_scale(length_scale)
+    return math.inf if ell > _CONSTANT_BEYOND_DIAGONALS * math.hypot(height, width) else ell
+
+
 def _check_sampler(sampler: str) -> str:
     from .._validation import check_choice
 
@@ -73,7 +84,7 @@ def _check_sampler(sampler: str) -> str:
 def control_grid_shape(height: int, width: int, length_scale: float, sampler: str = "fast") -> tuple:
     """(rows, cols) of the control grid that `sample_field_grid` returns for an image of
     (height, width) pixels and a length scale in pixels."""
-    ell = _check_length_scale(length_scale)
+    ell = _effective_length_scale(length_scale, height, width)
     if _check_sampler(sampler) == "spectral":
         return (height, width) if ell != math.inf else (1, 1)
     if ell == math.inf:
@@ -136,7 +147,7 @@ def sample_field_grid(
     check_int("n", n, minimum=0)
     check_int("height", height, minimum=1)
     check_int("width", width, minimum=1)
-    ell = _check_length_scale(length_scale)
+    ell = _effective_length_scale(length_scale, height, width)
     sampler = _check_sampler(sampler)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")

@@ -49,10 +49,9 @@ import torch
 from torch import nn
 
 from .. import _validation as V
+from ..data.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported by sslfast.augment)
 from . import params as P
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PADDINGS = ("reflect", "zeros")
 OUT_DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 
@@ -70,7 +69,8 @@ GeneratorLike = Union[None, int, torch.Generator]
 
 
 def check_images(images, *, name: str = "images") -> torch.Tensor:
-    """A (B, C, H, W) uint8 or floating tensor with C in {1, 3}, H, W >= 1, finite if float."""
+    """A (B, C, H, W) uint8 or floating tensor with C in {1, 3}, H, W >= 1; float values finite
+    and in [0, 1] (checked where value checks are on, see sslfast._validation)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
     if images.dim() != 4:
@@ -83,8 +83,13 @@ def check_images(images, *, name: str = "images") -> torch.Tensor:
                          f"(shape {tuple(images.shape)}; channels-last data needs .permute(0, 3, 1, 2))")
     if images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        V.check_finite(name, images)
+    if images.dtype != torch.uint8 and images.numel() and V.value_checks_enabled():
+        low, high = (float(v) for v in torch.aminmax(images))  # one pass: NaN/Inf show here too
+        if not (math.isfinite(low) and math.isfinite(high)):
+            V.check_finite(name, images)
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"{name} must hold float values in [0, 1] (or be uint8), got values from {low:g} to "
+                             f"{high:g}; divide pixels in [0, 255] by 255")
     return images
 
 
@@ -122,9 +127,11 @@ def _check_output(mean, std, out_dtype) -> tuple:
 def _generator_for(generator: GeneratorLike, device: torch.device, cache: Optional[dict] = None):
     """A torch.Generator on `device` (None: torch's default RNG).
 
-    An int seeds one generator per device and per DataLoader worker: inside worker k the seed
-    is seed + 1_000_003 * (k + 1), so forked workers never repeat each other's views (with a
-    torch.Generator object they would: every worker gets a copy of its state)."""
+    An int seeds one generator per device and per DataLoader worker process. Inside a worker
+    the seed is mixed with the worker's torch seed (base_seed + worker id, base_seed drawn from
+    the parent's RNG every epoch), so workers repeat neither each other's views nor, when they
+    are restarted every epoch, the previous epoch's (a torch.Generator object would do both:
+    every worker gets a copy of its state). Runs stay reproducible under torch.manual_seed."""
     if generator is None:
         return None
     if isinstance(generator, torch.Generator):
@@ -141,7 +148,8 @@ def _generator_for(generator: GeneratorLike, device: torch.device, cache: Option
     key = (str(device), worker_id)
     if cache is not None and key in cache:
         return cache[key]
-    gen = torch.Generator(device=device).manual_seed(generator + 1_000_003 * (worker_id + 1))
+    seed = generator if worker is None else (generator * 1_000_003 + worker.seed) % (1 << 63)
+    gen = torch.Generator(device=device).manual_seed(seed)
     if cache is not None:
         cache[key] = gen
     return gen
@@ -262,6 +270,8 @@ class RandomFieldAugment(nn.Module):
         True
     """
 
+    op = "random_field"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(
         self,
         translate: float = 0.0,
@@ -296,7 +306,7 @@ class RandomFieldAugment(nn.Module):
         self.padding = V.check_choice("padding", padding, PADDINGS)
         self.mean, self.std = _check_output(mean, std, out_dtype)
         self.out_dtype = out_dtype
-        self.backend = dispatch.check_backend_name(backend) if backend is not None else None
+        self.backend = dispatch.check_backend_name(backend, op=self.op) if backend is not None else None
         if isinstance(generator, bool) or not (generator is None or isinstance(generator, (torch.Generator, int))):
             raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
         self.generator = generator

@@ -9,25 +9,20 @@ of the brightness/contrast/saturation/hue fields, and grayscale is saturation fa
 solarisation, when a recipe asks for them, run afterwards as batched torch ops (a per-image
 separable convolution and a where), then the normalisation.
 
-Recipes (torchvision parameters of the official / lightly transforms):
-
-    simclr       Chen et al. 2020: crop scale (0.08, 1), flip 0.5, jitter (0.8, 0.8, 0.8, 0.2)
-                 with p 0.8, grayscale 0.2, blur p 0.5 (sigma 0.1-2), both views alike.
-    byol         Grill et al. 2020: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2;
-                 view 1 blur 1.0, solarize 0.0; view 2 blur 0.1, solarize 0.2.
-    barlowtwins  Zbontar et al. 2021: as BYOL.
+Recipes are those of the loader, one definition for both (sslfast.data.recipes: RECIPES,
+Recipe, ViewSpec; SimCLR, BYOL and Barlow Twins as in the papers and lightly's transforms):
+view v uses the recipe's view v (cycled); local crops (multi-crop) use its `local` view, by
+default the first view with crop scale sslfast.data.recipes.LOCAL_SCALE. A ViewSpec's `size`
+is honoured; its mean/std are not: SSLViews normalises every view with its own `mean`, `std`.
 
 Deviations from torchvision, by design (one fused pass): the colour operations run in the fixed
 order brightness, contrast, saturation (or grey), hue instead of a random order; contrast pivots
 on the mean grey of the crop in the source image; the crop is resampled bilinearly without
-antialiasing; the blur kernel spans +-3 sigma_max (13 taps) with reflect padding. Local crops
-(multi-crop) use the first view's colour settings with crop scale `local_crop_scale`
-(DINO's (0.05, 0.4) by default).
+antialiasing; the blur kernel spans +-3 sigma_max (13 taps) with reflect padding.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -35,31 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _validation as V
+from .. import dispatch
+from ..data.recipes import RECIPES, Recipe, ViewSpec, get_recipe
 from . import params as P
 from .random_field import (IMAGENET_MEAN, IMAGENET_STD, PADDINGS, PRESETS, RandomFieldAugment,
                            _check_output, _generator_for, apply_random_fields, check_images)
 
 
-@dataclass(frozen=True)
-class ViewRecipe:
-    """Augmentation settings of one view (torchvision semantics)."""
-
-    crop_scale: tuple = (0.08, 1.0)
-    crop_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
-    flip_p: float = 0.5
-    jitter: tuple = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple = (0.1, 2.0)
-    solarize_p: float = 0.0
-
-
-RECIPES = {
-    "simclr": (ViewRecipe(jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5),),
-    "byol": (ViewRecipe(blur_p=1.0, solarize_p=0.0), ViewRecipe(blur_p=0.1, solarize_p=0.2)),
-    "barlowtwins": (ViewRecipe(blur_p=1.0, solarize_p=0.0), ViewRecipe(blur_p=0.1, solarize_p=0.2)),
-}
 _BLUR_TAPS_PER_SIGMA = 3.0
 
 
@@ -99,6 +76,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     """Per-image separable Gaussian blur of x (B, C, H, W) with sigma (B,) (0: identity),
     reflect padding, 2 * radius + 1 taps."""
     batch, channels, height, width = x.shape
+    if x.numel() == 0:  # a grouped convolution needs at least one group
+        return x
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     safe = sigma.clamp_min(1e-6)[:, None]
     taps = torch.exp(-0.5 * (offsets[None] / safe) ** 2)
@@ -121,13 +100,15 @@ class SSLViews(nn.Module):
     r"""Make the views of an SSL recipe from a batch, on the batch's device.
 
     Args:
-        recipe: "simclr", "byol", "barlowtwins", or a sequence of ViewRecipe (cycled over views).
+        recipe: "simclr", "byol", "barlowtwins", a Recipe, a ViewSpec or a sequence of ViewSpec
+            (cycled over views): sslfast.data.recipes, the loader's recipes.
         views: number of global views (2 for the usual two-view methods).
         crop_size: side of the global views.
         local_crops: number of extra local views (multi-crop); 0 for none.
         local_crop_size: side of the local views.
-        local_crop_scale: crop scale range of the local views.
-        random_fields: None (off), a preset name ("mild", "medium", "strong"), a dict of
+        local_crop_scale: crop scale range of the local views (None: the recipe's local view,
+            by default LOCAL_SCALE).
+        random_fields: None or False (off), True ("mild"), a preset name ("mild", "medium", "strong"), a dict of
             RandomFieldAugment strength arguments, or a RandomFieldAugment whose strengths,
             length scale, p and sampler are used (its padding/normalisation are not).
         mean, std: output normalisation (ImageNet by default; None for values in [0, 1]).
@@ -150,14 +131,16 @@ class SSLViews(nn.Module):
         [(4, 3, 32, 32), (4, 3, 32, 32), (4, 3, 16, 16), (4, 3, 16, 16)]
     """
 
+    op = "random_field"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(
         self,
-        recipe: Union[str, Sequence[ViewRecipe]] = "simclr",
+        recipe: Union[str, Recipe, ViewSpec, Sequence[ViewSpec]] = "simclr",
         views: int = 2,
         crop_size: int = 224,
         local_crops: int = 0,
         local_crop_size: int = 96,
-        local_crop_scale: tuple = (0.05, 0.4),
+        local_crop_scale: Optional[tuple] = None,
         random_fields: Union[None, str, dict, RandomFieldAugment] = None,
         mean: Optional[Sequence[float]] = IMAGENET_MEAN,
         std: Optional[Sequence[float]] = IMAGENET_STD,
@@ -167,68 +150,66 @@ class SSLViews(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        if isinstance(recipe, str):
-            V.check_choice("recipe", recipe, RECIPES)
-            self.recipes = RECIPES[recipe]
-        else:
-            self.recipes = tuple(recipe)
-            if not self.recipes or not all(isinstance(r, ViewRecipe) for r in self.recipes):
-                raise TypeError("recipe must be a name in RECIPES or a non-empty sequence of ViewRecipe")
+        self.recipe = get_recipe(recipe)
         self.views = V.check_int("views", views, minimum=1)
         self.crop_size = V.check_int("crop_size", crop_size, minimum=1)
         self.local_crops = V.check_int("local_crops", local_crops, minimum=0)
         self.local_crop_size = V.check_int("local_crop_size", local_crop_size, minimum=1)
-        lo, hi = (float(v) for v in local_crop_scale)
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"local_crop_scale must satisfy 0 < lo <= hi <= 1, got {local_crop_scale}")
-        self.local_crop_scale = (lo, hi)
+        self.local_view = self.recipe.local_view(self.local_crop_size)
+        if local_crop_scale is not None:
+            lo, hi = (float(v) for v in local_crop_scale)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"local_crop_scale must satisfy 0 < lo <= hi <= 1, got {local_crop_scale}")
+            self.local_view = self.local_view.replace(scale=(lo, hi))
         if out_dtype == torch.uint8:
             raise ValueError("SSLViews returns float views: out_dtype must be a float dtype, got torch.uint8")
         self.mean, self.std = _check_output(mean, std, out_dtype)
         self.out_dtype = out_dtype
         self.padding = V.check_choice("padding", padding, PADDINGS)
-        self.backend = backend
-        if random_fields is None:
+        self.backend = dispatch.check_backend_name(backend, op=self.op) if backend is not None else None
+        if random_fields is None or random_fields is False:
             self.field_config = None
-        elif isinstance(random_fields, str):
-            self.field_config = RandomFieldAugment.preset(random_fields).config
+        elif random_fields is True or isinstance(random_fields, str):  # True: "mild", as DaliSSLLoader
+            self.field_config = RandomFieldAugment.preset("mild" if random_fields is True else random_fields).config
         elif isinstance(random_fields, dict):
             self.field_config = RandomFieldAugment(**random_fields).config
         elif isinstance(random_fields, RandomFieldAugment):
             self.field_config = random_fields.config
         else:
-            raise TypeError("random_fields must be None, a preset name, a dict of strengths or a RandomFieldAugment, "
+            raise TypeError("random_fields must be None/False, True (the 'mild' preset), a preset name, a dict of "
+                            "strengths or a RandomFieldAugment, "
                             f"got {type(random_fields).__name__}")
         if isinstance(generator, bool) or not (generator is None or isinstance(generator, (torch.Generator, int))):
             raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
         self.generator = generator
         self._seeded = {}
 
-    def _view(self, images, recipe: ViewRecipe, size: int, gen) -> torch.Tensor:
+    def _view(self, images, spec: ViewSpec, gen) -> torch.Tensor:
         batch, _, height, width = images.shape
         dev = images.device
-        boxes = random_resized_crop_boxes(batch, height, width, recipe.crop_scale, recipe.crop_ratio,
-                                          generator=gen, device=dev)
-        flip = torch.rand(batch, generator=gen, device=dev) < recipe.flip_p
+        size = spec.size
+        boxes = random_resized_crop_boxes(batch, height, width, spec.scale, spec.ratio, generator=gen, device=dev)
+        flip = torch.rand(batch, generator=gen, device=dev) < spec.flip_p
         if self.field_config is not None:
             params = P.sample_params(self.field_config, batch, size, size, device=dev, generator=gen)
             fields, flags = params.fields, params.flags
         else:
             fields, flags = torch.zeros(batch, P.NUM_FIELDS, 1, 1, device=dev), 0
-        jitter_on = torch.rand(batch, generator=gen, device=dev) < recipe.jitter_p
-        amps = torch.tensor(recipe.jitter, dtype=torch.float32, device=dev)
+        jitter_on = torch.rand(batch, generator=gen, device=dev) < spec.jitter_p
+        strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+        amps = torch.tensor(strengths, dtype=torch.float32, device=dev)
         u = torch.rand(batch, 4, generator=gen, device=dev)
         jitter = (2 * u - 1) * amps * jitter_on[:, None]
         for i, (channel, bit) in enumerate(((P.BRIGHTNESS, P.F_BRIGHTNESS), (P.CONTRAST, P.F_CONTRAST),
                                             (P.SATURATION, P.F_SATURATION), (P.HUE, P.F_HUE))):
-            if recipe.jitter[i] > 0 and recipe.jitter_p > 0:
+            if strengths[i] > 0 and spec.jitter_p > 0:
                 fields[:, channel] += jitter[:, i, None, None]
                 flags |= bit
-        if recipe.grayscale_p > 0:
-            grey = torch.rand(batch, generator=gen, device=dev) < recipe.grayscale_p
+        if spec.grayscale_p > 0:
+            grey = torch.rand(batch, generator=gen, device=dev) < spec.grayscale_p
             fields[:, P.SATURATION] = torch.where(grey[:, None, None], -1.0, fields[:, P.SATURATION])
             flags |= P.F_SATURATION
-        post = recipe.blur_p > 0 or recipe.solarize_p > 0
+        post = spec.blur_p > 0 or spec.solarize_p > 0
         params = P.RandomFieldParams(fields=fields, flags=flags, base=P.crop_base(boxes, (size, size), flip),
                                      out_size=(size, size))
         out = apply_random_fields(images, params, padding=self.padding,
@@ -236,13 +217,13 @@ class SSLViews(nn.Module):
                                   out_dtype=torch.float32 if post else self.out_dtype, backend=self.backend)
         if not post:
             return out
-        if recipe.blur_p > 0:
-            lo, hi = recipe.blur_sigma
+        if spec.blur_p > 0:
+            lo, hi = spec.blur_sigma
             sigma = lo + (hi - lo) * torch.rand(batch, generator=gen, device=dev)
-            sigma = sigma * (torch.rand(batch, generator=gen, device=dev) < recipe.blur_p)
+            sigma = sigma * (torch.rand(batch, generator=gen, device=dev) < spec.blur_p)
             out = gaussian_blur(out, sigma, math.ceil(_BLUR_TAPS_PER_SIGMA * hi))
-        if recipe.solarize_p > 0:
-            solarize = (torch.rand(batch, generator=gen, device=dev) < recipe.solarize_p)[:, None, None, None]
+        if spec.solarize_p > 0:
+            solarize = (torch.rand(batch, generator=gen, device=dev) < spec.solarize_p)[:, None, None, None]
             out = torch.where(solarize & (out >= 0.5), 1.0 - out, out)
         if self.mean is not None:
             mean = torch.tensor(self.mean, device=dev).view(1, -1, 1, 1)
@@ -255,10 +236,8 @@ class SSLViews(nn.Module):
         if images.shape[1] != 3:
             raise ValueError(f"SSLViews needs RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
         gen = _generator_for(self.generator, images.device, self._seeded)
-        out = [self._view(images, self.recipes[i % len(self.recipes)], self.crop_size, gen)
-               for i in range(self.views)]
-        local = replace(self.recipes[0], crop_scale=self.local_crop_scale)
-        out += [self._view(images, local, self.local_crop_size, gen) for _ in range(self.local_crops)]
+        out = [self._view(images, self.recipe.global_view(v, self.crop_size), gen) for v in range(self.views)]
+        out += [self._view(images, self.local_view, gen) for _ in range(self.local_crops)]
         return out
 
     def extra_repr(self) -> str:
@@ -268,4 +247,4 @@ class SSLViews(nn.Module):
                 f"local_crop_size={self.local_crop_size}, random_fields=({fields})")
 
 
-__all__ = ["SSLViews", "ViewRecipe", "RECIPES", "PRESETS", "random_resized_crop_boxes", "gaussian_blur"]
+__all__ = ["SSLViews", "RECIPES", "PRESETS", "random_resized_crop_boxes", "gaussian_blur"]

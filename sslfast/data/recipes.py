@@ -16,7 +16,11 @@ barlowtwins    the BYOL asymmetric pair (Zbontar et al. 2021, Appendix)
 
 All use crop scale (0.08, 1), ratio (3/4, 4/3), flip p=0.5, blur sigma in (0.1, 2.0) pixels and
 ImageNet mean/std. Multi-crop local views (SwAV, Caron et al. 2020) copy the first view's
-colour settings with crop scale (0.05, 0.14) unless a recipe gives its own `local` view.
+colour settings with crop scale LOCAL_SCALE = (0.05, 0.4) unless a recipe gives its own `local`
+view: DINO's local range (Caron et al. 2021; lightly's DINOTransform local_crop_scale). SwAV's
+(0.05, 0.14) pairs with its global crops of (0.14, 1): give a recipe
+`local=ViewSpec(scale=(0.05, 0.14))` for that form. sslfast.augment.SSLViews uses
+these same recipes, so both paths share this default.
 
 Where these differ from torchvision's transforms, on purpose and on every backend: the colour
 jitter is one fused colour matrix in DALI's `color_twist` form (hue and saturation in YIQ,
@@ -33,7 +37,7 @@ from typing import Optional, Sequence, Union
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LOCAL_SCALE = (0.05, 0.14)
+LOCAL_SCALE = (0.05, 0.4)  # DINO's local crops (see the module docstring)
 
 
 def _check_range(name: str, pair, low: float, high: float, *, open_low: bool = False) -> tuple:
@@ -132,7 +136,7 @@ class ViewSpec:
 @dataclass(frozen=True)
 class Recipe:
     """Per-view specs: global view v uses `views[v % len(views)]`; local crops use `local`
-    (default: the first view with crop scale (0.05, 0.14))."""
+    (default: the first view with crop scale LOCAL_SCALE)."""
 
     views: tuple
     local: Optional[ViewSpec] = None

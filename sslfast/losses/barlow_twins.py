@@ -7,20 +7,8 @@ import torch
 from torch import nn
 
 from .. import functional as F_
-from .._validation import check_bool, check_choice, check_nonnegative, check_positive
-from ..dispatch import check_backend_name
-
-
-def check_crosscorr_options(gather_distributed, eps, mode, backend) -> None:
-    """Constructor checks shared by the cross-correlation losses."""
-    check_bool("gather_distributed", gather_distributed)
-    if gather_distributed and not torch.distributed.is_available():
-        raise ValueError("gather_distributed=True needs torch.distributed, which this torch build lacks; "
-                         "pass gather_distributed=False")
-    check_positive("eps", eps)
-    check_choice("mode", mode, ("auto", "gram", "cross"))
-    if backend is not None:
-        check_backend_name(backend)
+from .._validation import check_nonnegative
+from ._common import check_crosscorr_options
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -63,16 +51,17 @@ class BarlowTwinsLoss(nn.Module):
         torch.Size([64, 1024])
     """
 
+    op = "barlow_twins"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, lambda_param: float = 5e-3, gather_distributed: bool = False, eps: float = 1e-5,
                  mode: str = "auto", backend: Optional[str] = None):
         super().__init__()
         check_nonnegative("lambda_param", lambda_param)
-        check_crosscorr_options(gather_distributed, eps, mode, backend)
+        self.backend = check_crosscorr_options(gather_distributed, eps, mode, backend, self.op)
         self.lambda_param = float(lambda_param)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)
         self.mode = mode
-        self.backend = backend
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         return F_.barlow_twins_loss(z0, z1, self.lambda_param, eps=self.eps, mode=self.mode,

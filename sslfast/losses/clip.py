@@ -29,13 +29,14 @@ class CLIPLoss(nn.Module):
     O(B*D + B*chunk).
 
     Args:
-        init_temperature: the initial 1 / scale (> 0).
+        init_temperature: the initial 1 / scale, in [1 / max_logit_scale, 1].
         learnable: whether logit_scale is an nn.Parameter (else a buffer).
         max_logit_scale: the largest scale (open_clip: 100).
         normalize: L2-normalise the embeddings first (open_clip's models do it before the loss;
             normalising twice changes nothing, gradients included).
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         image_features, text_features: (B, D). Output: scalar.
@@ -52,6 +53,8 @@ class CLIPLoss(nn.Module):
         True
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, init_temperature: float = 0.07, learnable: bool = True, max_logit_scale: float = 100.0,
                  normalize: bool = True, gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
@@ -60,10 +63,14 @@ class CLIPLoss(nn.Module):
         if self.max_logit_scale < 1:
             raise ValueError(f"max_logit_scale must be >= 1 (logit_scale is clamped to [0, log(max)]), "
                              f"got {max_logit_scale}")
+        if not 1.0 / self.max_logit_scale <= init_temperature <= 1.0:
+            # the clamp in scale() would hold the scale at a bound, where it gets no gradient
+            raise ValueError(f"init_temperature must lie in [1 / max_logit_scale, 1] = "
+                             f"[{1.0 / self.max_logit_scale:g}, 1], got {init_temperature}")
         self.normalize = check_bool("normalize", normalize)
         check_bool("learnable", learnable)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
         init = torch.tensor(math.log(1.0 / init_temperature))
         if learnable:
             self.logit_scale = nn.Parameter(init)

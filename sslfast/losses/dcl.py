@@ -29,7 +29,8 @@ class DCLLoss(nn.Module):
         temperature: T > 0.
         weight_fn: optional callable (z0, z1) -> (B,) weights of the positive term.
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         out0, out1: (B, D), B >= 2 over the (global) batch. Output: scalar.
@@ -46,6 +47,8 @@ class DCLLoss(nn.Module):
         torch.Size([])
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.1,
                  weight_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
                  gather_distributed: bool = False, backend: Optional[str] = None):
@@ -55,7 +58,7 @@ class DCLLoss(nn.Module):
             raise TypeError(f"weight_fn must be callable (z0, z1) -> (B,) weights or None, got {type(weight_fn).__name__}")
         self.weight_fn = weight_fn
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         return F_.dcl_loss(out0, out1, self.temperature, self.weight_fn, gather_distributed=self.gather_distributed,
@@ -76,7 +79,8 @@ class DCLWLoss(nn.Module):
         temperature: T > 0.
         sigma: > 0, the temperature of the weighting softmax.
         gather_distributed: each rank's rows against the embeddings of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         out0, out1: (B, D), B >= 2 over the (global) batch. Output: scalar.
@@ -89,13 +93,15 @@ class DCLWLoss(nn.Module):
         torch.Size([])
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.1, sigma: float = 0.5, gather_distributed: bool = False,
                  backend: Optional[str] = None):
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.sigma = check_positive("sigma", sigma)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
 
     def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
         return F_.dclw_loss(out0, out1, self.temperature, self.sigma, gather_distributed=self.gather_distributed,

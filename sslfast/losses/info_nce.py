@@ -26,7 +26,8 @@ class InfoNCELoss(nn.Module):
         symmetric: average the query-to-key and key-to-query losses.
         normalize: L2-normalise the rows first.
         gather_distributed: each rank's rows against the keys (and queries) of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         query, key: (B, D). Output: scalar.
@@ -39,6 +40,8 @@ class InfoNCELoss(nn.Module):
         torch.Size([])
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.07, symmetric: bool = True, normalize: bool = True,
                  gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
@@ -46,7 +49,7 @@ class InfoNCELoss(nn.Module):
         self.symmetric = check_bool("symmetric", symmetric)
         self.normalize = check_bool("normalize", normalize)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         return F_.info_nce_loss(query, key, self.temperature, symmetric=self.symmetric, normalize=self.normalize,

@@ -47,7 +47,8 @@ class ISogCLRLoss(nn.Module):
         grad_clip: bound of the temperature gradient.
         gather_distributed: each rank's rows against the embeddings of every rank; the state
             stays identical on every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         out0, out1: (B, D) two views, B >= 2 over the (global) batch. index: (B,) distinct
@@ -67,6 +68,8 @@ class ISogCLRLoss(nn.Module):
         (True, True)
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, num_samples: int, tau_init: float = 0.07, gamma: float = 0.8, rho: float = 6.0,
                  eta: float = 1e-3, beta_u: float = 0.9, tau_min: float = 0.05, tau_max: float = 1.0,
                  grad_clip: float = 3.0, gather_distributed: bool = False, backend: Optional[str] = None):
@@ -78,7 +81,7 @@ class ISogCLRLoss(nn.Module):
         self.gamma, self.rho, self.eta, self.beta_u = float(gamma), float(rho), float(eta), float(beta_u)
         self.tau_min, self.tau_max, self.grad_clip = float(tau_min), float(tau_max), float(grad_clip)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
         self.register_buffer("tau", torch.full((num_samples,), float(tau_init)))
         self.register_buffer("s", torch.zeros(num_samples))
         self.register_buffer("u", torch.zeros(num_samples))

@@ -9,7 +9,7 @@ from torch import nn
 from .. import functional as F_
 from .._validation import check_fraction, check_nonnegative
 from ..reference.crosscorr import mix_views
-from .barlow_twins import check_crosscorr_options
+from ._common import check_crosscorr_options
 
 
 class MixedBarlowTwinsLoss(nn.Module):
@@ -55,17 +55,18 @@ class MixedBarlowTwinsLoss(nn.Module):
         torch.Size([512, 192])
     """
 
+    op = "mixed_barlow_twins"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, lambda_param: float = 5e-3, mixup_loss_scale: float = 5.0, gather_distributed: bool = False,
                  eps: float = 1e-5, mode: str = "auto", backend: Optional[str] = None):
         super().__init__()
         check_nonnegative("lambda_param", lambda_param)
         check_nonnegative("mixup_loss_scale", mixup_loss_scale)
-        check_crosscorr_options(gather_distributed, eps, mode, backend)
+        self.backend = check_crosscorr_options(gather_distributed, eps, mode, backend, self.op)
         self.lambda_param, self.mixup_loss_scale = float(lambda_param), float(mixup_loss_scale)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)
         self.mode = mode
-        self.backend = backend
 
     @staticmethod
     def mix(x0: torch.Tensor, x1: torch.Tensor, alpha: Optional[float] = None,

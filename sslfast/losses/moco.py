@@ -33,7 +33,8 @@ class MoCoLoss(nn.Module):
         queue_size: number of negatives K (MoCo: 65536).
         dim: the embedding dimension D (MoCo: 128).
         gather_distributed: enqueue the keys of every rank.
-        backend: the backend of the similarity log-sum-exp op ("auto", "triton", "cuda", "reference").
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the backend of the
+            similarity log-sum-exp op.
 
     Shape:
         query, key: (B, dim). Output: scalar.
@@ -49,6 +50,8 @@ class MoCoLoss(nn.Module):
         16
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.2, queue_size: int = 65536, dim: int = 128,
                  gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
@@ -56,7 +59,7 @@ class MoCoLoss(nn.Module):
         check_int("queue_size", queue_size, minimum=1)
         check_int("dim", dim, minimum=1)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
         self.queue = NegativeQueue(queue_size, dim, gather_distributed=gather_distributed)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

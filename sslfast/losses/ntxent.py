@@ -58,7 +58,7 @@ class NTXentLoss(nn.Module):
         gather_distributed: gather the embeddings of every rank as negatives (each rank's rows
             against the global batch; gradients are exact after DDP's averaging). With a memory
             bank, the keys of every rank are enqueued instead.
-        backend: "auto" (default, or SSLFAST_BACKEND), "triton", "cuda" or "reference": the
+        backend: "auto" (default, or SSLFAST_BACKEND), "triton" or "reference": the
             backend of the similarity log-sum-exp op.
 
     Shape:
@@ -80,12 +80,14 @@ class NTXentLoss(nn.Module):
         torch.Size([])
     """
 
+    op = "similarity_lse"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
                  gather_distributed: bool = False, backend: Optional[str] = None):
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.gather_distributed = gather_distributed
-        self.backend = check_common(gather_distributed, backend)
+        self.backend = check_common(gather_distributed, backend, self.op)
         size = _parse_memory_bank_size(memory_bank_size)
         self.memory_bank = NegativeQueue(*size, gather_distributed=gather_distributed) if size else None
 

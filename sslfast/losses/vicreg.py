@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import functional as F_
 from .._validation import check_nonnegative
-from .barlow_twins import check_crosscorr_options
+from ._common import check_crosscorr_options
 
 
 class VICRegLoss(nn.Module):
@@ -50,18 +50,19 @@ class VICRegLoss(nn.Module):
         torch.Size([64, 1024])
     """
 
+    op = "vicreg"  # the sslfast op (sslfast.dispatch) that computes it
+
     def __init__(self, lambda_param: float = 25.0, mu_param: float = 25.0, nu_param: float = 1.0,
                  gather_distributed: bool = False, eps: float = 1e-4, mode: str = "auto",
                  backend: Optional[str] = None):
         super().__init__()
         for name, value in (("lambda_param", lambda_param), ("mu_param", mu_param), ("nu_param", nu_param)):
             check_nonnegative(name, value)
-        check_crosscorr_options(gather_distributed, eps, mode, backend)
+        self.backend = check_crosscorr_options(gather_distributed, eps, mode, backend, self.op)
         self.lambda_param, self.mu_param, self.nu_param = float(lambda_param), float(mu_param), float(nu_param)
         self.gather_distributed = gather_distributed
         self.eps = float(eps)
         self.mode = mode
-        self.backend = backend
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         return F_.vicreg_loss(z0, z1, self.lambda_param, self.mu_param, self.nu_param, eps=self.eps,

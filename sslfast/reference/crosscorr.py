@@ -135,6 +135,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed as _dist
+from .._validation import compiling
 
 log = logging.getLogger("sslfast.dispatch")
 
@@ -305,7 +306,7 @@ def choose_mode(loss: str, n: int, d: int, mode: str = "auto", kernels: CrossCor
     costs = mode_costs(loss, n, d, kernels)
     score = {m: flops + MACHINE_BALANCE * nbytes for m, (flops, nbytes) in costs.items()}
     chosen = "gram" if score["gram"] < score["cross"] else "cross"
-    if not _compiling() and log.isEnabledFor(logging.DEBUG):
+    if not compiling() and log.isEnabledFor(logging.DEBUG):
         log.debug("%s (%s): mode %s for N=%d, D=%d (gram %.3g FLOPs + %.3g B, cross %.3g FLOPs + %.3g B)",
                   loss, kernels.name, chosen, n, d, *costs["gram"], *costs["cross"])
     return chosen
@@ -320,11 +321,6 @@ def describe_modes(kernels: CrossCorrKernels = REFERENCE_KERNELS,
         picks = ", ".join(f"N={n} D={d}: {choose_mode(loss, n, d, 'auto', kernels)}" for n, d in shapes)
         lines.append(f"{loss} ({kernels.name}): gram {k_gram} N^2 D vs cross {k_cross} N D^2 FLOPs; auto -> {picks}")
     return lines
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +453,7 @@ def mixed_barlow_twins_loss(
     cdt = compute_dtype(z0.dtype)
     alpha_rows = torch.as_tensor(alpha, dtype=cdt, device=z0.device).reshape(1).expand(n_local)
     if gather:
+        _dist.check_same_rows(z0)  # before the first all_gather, which would abort on unequal batches
         rank_offset = _dist.rank() * n_local
         index = _all_gather_nograd(index.to(torch.int64) + rank_offset)
         alpha_rows = _all_gather_nograd(alpha_rows.contiguous())

@@ -22,28 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..data.recipes import IMAGENET_MEAN, IMAGENET_STD
 from ..metrics import WeightedKNNClassifier, alignment, embedding_std, rankme, uniformity
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-
-
-def image_folder_files(root: str) -> tuple:
-    """(sorted class names, [(path, label)]) of an ImageFolder root, labels by sorted class name."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root!r} is not a folder")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
-    samples = []
-    for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(root, name))):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(folder, f), label))
-    if not samples:
-        raise ValueError(f"{root!r} holds no images in class subfolders (ImageFolder layout: "
-                         f"{root}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
-    return classes, samples
 
 
 def subsample(samples: Sequence, limit: int, seed: int) -> list:
@@ -160,34 +140,48 @@ def representation_metrics(encoder, bank: EvalImages, queries: EvalImages, devic
 
 
 class CSVLog:
-    """Append rows to a CSV whose columns grow as new keys appear (the file is rewritten then)."""
+    """Append rows to a CSV whose columns grow as new keys appear.
+
+    A row with known columns is appended to the file (O(row) per step, however long the run);
+    a new column rewrites the file once, atomically (temp file + rename).
+    """
 
     def __init__(self, path: str, *, keep_up_to_step: Optional[int] = None):
         """Open (or create) `path`; rows of an existing file with "step" > keep_up_to_step are
         dropped: a resumed run writes them again."""
         self.path = path
         self.rows: List[Dict[str, object]] = []
+        self._columns: List[str] = []
         if os.path.isfile(path):
             with open(path, newline="") as fh:
                 self.rows = [dict(r) for r in csv.DictReader(fh)]
+            for row in self.rows:
+                self._add_columns(row)
             if keep_up_to_step is not None:
                 self.rows = [r for r in self.rows if float(r["step"]) <= keep_up_to_step]
                 self._rewrite()
 
+    def _add_columns(self, row: Dict[str, object]) -> bool:
+        """Record the row's new keys; whether there were any."""
+        new = [k for k in row if k not in self._columns]
+        self._columns.extend(new)
+        return bool(new)
+
     def append(self, row: Dict[str, object]) -> None:
         self.rows.append(row)
-        self._rewrite()
+        if self._add_columns(row) or not os.path.isfile(self.path):
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self._columns).writerow(row)
 
     def columns(self) -> List[str]:
-        cols: List[str] = []
-        for r in self.rows:
-            cols.extend(k for k in r if k not in cols)
-        return cols
+        return list(self._columns)
 
     def _rewrite(self) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns() or ["epoch"])
+            writer = csv.DictWriter(fh, fieldnames=self._columns or ["epoch"])
             writer.writeheader()
             writer.writerows(self.rows)
         os.replace(tmp, self.path)

@@ -167,7 +167,9 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         if config.compile:
-            self.method.backbone = torch.compile(self.method.backbone)
+            # in place (nn.Module.compile): torch.compile's wrapper would rename every parameter
+            # `_orig_mod.*` in the checkpoint, which a resumed run could then not load
+            self.method.backbone.compile()
         self.pairs = PairBuffer(config.monitor_pairs)
 
     # ---- setup helpers ------------------------------------------------------------------------
