@@ -4,9 +4,10 @@ CPU (`--device cpu`): the numba kernel vs the PyTorch reference on uint8 batches
 224 x 224 -> ImageNet-normalised float32, "medium" preset (every parameter active). Two modes:
 "apply" (the same pre-sampled fields for both: the kernels' work) and "sample+apply" (what a
 user pays per call). Both run with the same number of threads (--threads, default: torch's).
-Both wall time (torch.utils.benchmark, p50) and the least process CPU time per call are
-recorded: on a machine whose cores are shared with other jobs the single-thread CPU time is the
-steadier figure. Bar: numba >= 3x the reference.
+Both wall time (torch.utils.benchmark, p50; median over 3 rounds that alternate the providers)
+and the least process CPU time per call (also over alternating rounds) are recorded, with the
+1-minute load average before and after each case: on a machine whose cores are shared with
+other jobs the single-thread CPU time is the steadier figure. Bar: numba >= 3x the reference.
 
 GPU (`--device cuda`): batch 256 of 224 x 224 RGB uint8 -> normalised float32:
   sslfast-cuda, sslfast-triton     fused kernels, fast fields (sampling timed separately too)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -78,6 +80,7 @@ def bench_cpu(results: Results, threads: int, min_run_time: float, rounds: int =
         images = _images(batch, size, device)
         shape = f"B={batch},3x{size}x{size},uint8->f32"
         for mode in ("apply", "sample+apply"):
+            load_before = os.getloadavg()[0]  # other jobs on the cores: context for the figures
             calls = {}
             for backend in ("numba", "reference"):
                 aug = _augment(backend)
@@ -89,24 +92,31 @@ def bench_cpu(results: Results, threads: int, min_run_time: float, rounds: int =
             for _ in range(rounds):
                 for backend, fn in calls.items():
                     cpu[backend] = min(cpu[backend], cpu_time_ms(fn, min_run_time / rounds))
-            times = {}
-            for backend, fn in calls.items():
-                p50, p20, p80 = time_ms(fn, device, min_run_time=min_run_time)
-                times[backend] = (p50, cpu[backend])
+            # Wall time alternates the providers too: per provider, the median over the rounds
+            # of each quantile (p50, p20, p80) of torch.utils.benchmark's blocks.
+            walls = {backend: [] for backend in calls}
+            for _ in range(rounds):
+                for backend, fn in calls.items():
+                    walls[backend].append(time_ms(fn, device, min_run_time=min_run_time / rounds))
+            times = {backend: (*(statistics.median(q) for q in zip(*walls[backend])), cpu[backend])
+                     for backend in calls}
+            load = {"loadavg_1min_before": round(load_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
+            for backend in calls:
+                p50, p20, p80, cpu_ms = times[backend]
                 results.add(Row(OP, f"sslfast-{backend}", mode, shape, "uint8", "time_ms", p50, p20, p80,
-                                extra={"threads": threads, "preset": "medium"}))
-                results.add(Row(OP, f"sslfast-{backend}", mode, shape, "uint8", "min_cpu_time_ms", cpu[backend],
-                                extra={"threads": threads, "preset": "medium", "rounds": rounds}))
+                                extra={"threads": threads, "preset": "medium", **load}))
+                results.add(Row(OP, f"sslfast-{backend}", mode, shape, "uint8", "min_cpu_time_ms", cpu_ms,
+                                extra={"threads": threads, "preset": "medium", "rounds": rounds, **load}))
             wall = times["reference"][0] / times["numba"][0]
-            cpu = times["reference"][1] / times["numba"][1]
+            cpu = times["reference"][3] / times["numba"][3]
             results.add(Row(OP, "numba-vs-reference", mode, shape, "uint8", "speedup_wall", wall,
-                            extra={"threads": threads}))
+                            extra={"threads": threads, **load}))
             results.add(Row(OP, "numba-vs-reference", mode, shape, "uint8", "speedup_cpu_time", cpu,
-                            extra={"threads": threads}))
+                            extra={"threads": threads, **load}))
             lines.append(f"{shape:<26} {mode:<12} threads={threads}  wall: numba {times['numba'][0]:7.1f} ms, "
                          f"reference {times['reference'][0]:7.1f} ms, {wall:5.2f}x | cpu time: numba "
-                         f"{times['numba'][1]:7.1f} ms, reference {times['reference'][1]:7.1f} ms, {cpu:5.2f}x "
-                         "(bar >= 3x)")
+                         f"{times['numba'][3]:7.1f} ms, reference {times['reference'][3]:7.1f} ms, {cpu:5.2f}x "
+                         f"(bar >= 3x) | load {load['loadavg_1min_before']:.1f} -> {load['loadavg_1min_after']:.1f}")
     return lines
 
 

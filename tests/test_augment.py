@@ -259,6 +259,43 @@ def test_kernels_match_reference_with_crops_flips_and_resizes(backend):
 
 
 @pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("spread", [0.99, 1.01, 3.0])
+def test_kernels_match_reference_on_rows_of_wide_angle_and_scale_ranges(backend, spread):
+    """The numba kernel evaluates cos, sin and exp along a row about the row's mid value with
+    local polynomials while the row's values lie within 1 of it, and with libm beyond: fields
+    that span [-spread, spread] radians (log scale) along every row take the polynomials at
+    the edge of their range (0.99) or the libm path (1.01, 3.0); both must match the reference."""
+    gen = torch.Generator().manual_seed(int(spread * 100))
+    batch, height, width = 2, 21, 26
+    images = _images(gen, (batch, 3, height, width))
+    rows, cols = 5, 7
+    ramp = torch.linspace(-spread, spread, cols).expand(batch, rows, cols)
+    noise = 0.01 * torch.randn(batch, P.NUM_FIELDS, rows, cols, generator=gen)
+    fields = noise.clone()
+    fields[:, P.ROTATE] = ramp  # exactly [-spread, spread] along every row
+    fields[:, P.SHEAR] += 0.4 * ramp  # |shear| < 1.25 rad: tan stays moderate
+    fields[:, P.SCALE] += 0.5 * ramp.flip(-1)  # libm at spread 3
+    fields[:, P.TX] += 2.0
+    flags = P.F_TRANSLATE | P.F_ROTATE | P.F_SHEAR | P.F_SCALE | P.F_BRIGHTNESS | P.F_HUE
+    params = P.RandomFieldParams(fields=fields, flags=flags)
+    for padding in ("reflect", "zeros"):
+        ref = _apply(images, params, "reference", padding=padding)
+        out = _apply(images, params, backend, padding=padding)
+        _assert_matches_reference(out, ref, torch.float32)
+
+
+@pytest.mark.skipif("numba" not in KERNELS, reason="numba not installed")
+@pytest.mark.parametrize("padding", ["reflect", "zeros"])
+def test_numba_overflowing_positions_read_inside_the_image(padding):
+    """A scale field of -800 makes exp(800) overflow to inf and the positions inf or NaN: the
+    kernel must still read valid addresses and write values in [0, 1]."""
+    images = _images(torch.Generator().manual_seed(22), (2, 3, 9, 11), torch.uint8)
+    params = _constant(2, scale=-800.0, rotate=0.3)
+    out = _apply(images, params, "numba", padding=padding)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("backend", KERNELS)
 def test_non_contiguous_channels_last_input(backend):
     gen = torch.Generator().manual_seed(21)
     hwc = _images(gen, (2, 15, 18, 3), torch.uint8)
@@ -366,6 +403,8 @@ def test_numba_flag_bits_match_params():
 
     for name in ("F_TRANSLATE", "F_ROTATE", "F_SCALE", "F_SHEAR", "F_BRIGHTNESS", "F_CONTRAST", "F_SATURATION",
                  "F_HUE", "F_REFLECT", "F_NO_RESAMPLE"):
+        assert getattr(N, name) == getattr(P, name)
+    for name in ("TX", "TY", "ROTATE", "SCALE", "SHEAR", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"):
         assert getattr(N, name) == getattr(P, name)
 
 

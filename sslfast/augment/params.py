@@ -254,12 +254,22 @@ def luma_mean(images: torch.Tensor, base: torch.Tensor, out_size: tuple, full_im
     uint8 images count as value / 255.
     """
     unit = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
+    if full_image:
+        # The mean of the grey image is the grey of the channel means: one reduction per
+        # channel and no full-size temporaries (exact integer sums for uint8).
+        if images.dtype == torch.uint8:
+            means = images.sum(dim=(2, 3), dtype=torch.int64).to(torch.float64) / (images.shape[2] * images.shape[3])
+        else:
+            means = images.to(torch.float32).mean(dim=(2, 3)).to(torch.float64)
+        if images.shape[1] == 3:
+            means = means @ torch.tensor(LUMA_WEIGHTS, dtype=torch.float64, device=images.device)
+        else:
+            means = means[:, 0]
+        return (means * unit).to(torch.float32)
     if images.shape[1] == 3:
         grey = sum(w * images[:, c].to(torch.float32) for c, w in enumerate(LUMA_WEIGHTS))
     else:
         grey = images[:, 0].to(torch.float32)
-    if full_image:
-        return grey.mean(dim=(1, 2)) * unit
     batch, height, width = grey.shape
     out_h, out_w = out_size
 
